@@ -1,0 +1,46 @@
+"""ament_python package wsa_ros (also pip-installable for the ROS-free core)."""
+import os
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "wsa_ros"
+
+
+def tree(src):
+    """data_files entries installing every file below `src` under share/wsa_ros/src."""
+    out = []
+    for folder, _dirs, files in os.walk(src):
+        if files:
+            out.append((os.path.join("share", PACKAGE, folder), [os.path.join(folder, f) for f in files]))
+    return out
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        *tree("models"),
+    ],
+    install_requires=["setuptools", "numpy", "pyyaml", "onnxruntime"],
+    zip_safe=False,
+    maintainer="wsa_ros developers",
+    maintainer_email="wsa-ros@example.com",
+    description="Weight Sharing Attention policies on ROS 2 arms: ONNX Runtime agent and online fine-tuning.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "agent_node = wsa_ros.nodes.agent:main",
+            "finetune_node = wsa_ros.nodes.finetune:main",
+            "sim_arm_node = wsa_ros.nodes.sim_arm:main",
+            "replay = wsa_ros.nodes.replay:main",
+            "wsa = wsa_ros.cli:main",
+        ],
+    },
+)

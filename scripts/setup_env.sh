@@ -13,10 +13,10 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
 fi
 echo "[setup] creating/updating virtual environment in $VENV" >&2
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | { grep -v "is ignored: it is neither" || true; }
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -c "$ROOT/scripts/constraints.txt" -r "$ROOT/requirements.txt"
-"$VENV/bin/python" -m pip install -q -c "$ROOT/scripts/constraints.txt" --no-deps -e "$ROOT"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/scripts/constraints.txt" -r "$ROOT/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/scripts/constraints.txt" --no-deps -e "$ROOT" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 echo "$WANT" > "$STAMP"
 echo "[setup] done" >&2

@@ -1,0 +1,210 @@
+"""One configuration schema for nodes, launch files and command-line tools.
+
+Each section is a dataclass; every field carries its type, default, help text and (for
+numbers) an allowed range or (for strings) a set of choices. The YAML files in ``config/``
+are ordinary ROS 2 parameter files::
+
+    agent_node:
+      ros__parameters:
+        bundle: models/default
+        control_rate_hz: 30.0
+
+The launch file hands them to the node, the node declares one typed, range-checked ROS
+parameter per field (``wsa_ros.nodes.params``), and the command-line tools read the very
+same file with :func:`load`. Nothing in a config file is executed: it is parsed with
+``yaml.safe_load`` and every value is type- and range-checked here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names file, key and fix."""
+
+
+def param(default, help: str, lo: float | None = None, hi: float | None = None,
+          choices: tuple[str, ...] | None = None):
+    """A schema field. Lists need a factory so instances never share one list."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class AgentConfig:
+    """Parameters of ``agent_node``."""
+
+    NODE = "agent_node"
+
+    bundle: str = param("", "Model bundle folder; empty = the package's shipped models/default.")
+    camera_topics: list[str] = param(
+        ["/camera/image_raw"],
+        "One topic per camera the bundle reads, in the bundle's camera order. A topic ending in "
+        "'/compressed' is subscribed as sensor_msgs/CompressedImage, any other as sensor_msgs/Image.")
+    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState input.")
+    control_rate_hz: float = param(30.0, "Control tick rate.", 1.0, 1000.0)
+    max_obs_age_s: float = param(
+        0.25, "An observation older than this (camera or joints) trips the watchdog.", 0.001, 10.0)
+    output_mode: str = param(
+        "float64_array",
+        "float64_array: std_msgs/Float64MultiArray for forward_command_controller; joint_trajectory: "
+        "trajectory_msgs/JointTrajectory with one point at now + period; twist / twist_stamped: "
+        "geometry_msgs for servoing (action = [vx, vy, vz, wx, wy, wz] prefix).",
+        choices=("float64_array", "joint_trajectory", "twist", "twist_stamped"))
+    command_topic: str = param("/forward_command_controller/commands", "Where commands are published.")
+    command_frame_id: str = param("base_link", "frame_id for stamped outputs (twist_stamped).")
+    max_rate: float = param(
+        0.0, "Per-joint rate limit in action units per second (position: rad/s, velocity: rad/s^2); "
+        "0 disables.", 0.0, 1e6)
+    start_enabled: bool = param(False, "Start acting immediately instead of waiting for ~/enable.")
+    providers: list[str] = param(
+        ["tensorrt", "cuda", "cpu"], "ONNX Runtime execution providers in order of preference.")
+    intra_op_threads: int = param(1, "ONNX Runtime intra-op threads per session.", 1, 64)
+    trt_cache_dir: str = param("~/.cache/wsa_ros/trt", "TensorRT engine and timing cache folder.")
+    diagnostics_period_s: float = param(1.0, "Period of /diagnostics and the status log line.", 0.1, 60.0)
+    log_throttle_s: float = param(2.0, "Minimum interval between repeated warnings of one kind.", 0.0, 600.0)
+
+
+SECTIONS: dict[str, type] = {"agent": AgentConfig}
+
+
+# --------------------------------------------------------------------------- schema access
+def schema(cls) -> list[tuple[str, Any, Any, dict]]:
+    """(name, python type, default, metadata) per field of a section."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append((f.name, hints[f.name], default, dict(f.metadata)))
+    return out
+
+
+def _check_value(cls, name: str, typ, value, meta: dict, where: str):
+    origin = get_origin(typ)
+    if origin is list:
+        (inner,) = get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{name}' must be a list of {inner.__name__}, got {value!r}")
+        return [_check_value(cls, name, inner, v, {**meta, "choices": meta.get("choices")}, where) for v in value]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{name}' must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{name}' must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{name}' must be a number, got {value!r}")
+        value = float(value)
+        if value != value:
+            raise ConfigError(f"{where}: '{name}' is NaN")
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{name}' must be a string, got {value!r}")
+        ch = meta.get("choices")
+        if ch and value not in ch:
+            raise ConfigError(f"{where}: '{name}' = '{value}' is not one of {list(ch)}")
+        return value
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{where}: '{name}' = {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def from_dict(cls, values: dict[str, Any], where: str = "config"):
+    """Build a section from a plain dict, rejecting unknown keys and bad values."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameters, got {type(values).__name__}")
+    known = {name: (typ, meta) for name, typ, _d, meta in schema(cls)}
+    unknown = sorted(set(values) - set(known) - {"use_sim_time"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for k, v in values.items():
+        if k == "use_sim_time":
+            continue
+        typ, meta = known[k]
+        kwargs[k] = _check_value(cls, k, typ, v, meta, where)
+    return cls(**kwargs)
+
+
+def validate(obj) -> None:
+    """Re-check every field of an instance (after programmatic changes)."""
+    from_dict(type(obj), dataclasses.asdict(obj), where=type(obj).__name__)
+
+
+def load(path: str | os.PathLike, cls, node_name: str | None = None):
+    """Read one section from a ROS 2 parameter YAML file.
+
+    Looks for ``<node_name>`` (default: the section's NODE) or ``/**`` and their
+    ``ros__parameters``; a file holding a bare mapping of parameters is accepted too.
+    """
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    node = node_name or getattr(cls, "NODE", None)
+    doc = doc or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    params: dict[str, Any] = {}
+    found = False
+    for key in ("/**", node, f"/{node}" if node else None):
+        if key and key in doc:
+            block = doc[key]
+            if not isinstance(block, dict) or "ros__parameters" not in block:
+                raise ConfigError(f"{p}: '{key}' has no 'ros__parameters' mapping")
+            params.update(block["ros__parameters"] or {})
+            found = True
+    if not found:
+        if any(isinstance(v, dict) and "ros__parameters" in v for v in doc.values()):
+            raise ConfigError(f"{p}: no parameters for node '{node}' (found {sorted(doc)})")
+        params = doc
+    return from_dict(cls, params, where=f"{p} [{node}]")
+
+
+def dump(obj, node_name: str | None = None) -> str:
+    """A section as ROS 2 parameter YAML (what ``config/*.yaml`` hold)."""
+    node = node_name or getattr(type(obj), "NODE", "node")
+    return yaml.safe_dump({node: {"ros__parameters": dataclasses.asdict(obj)}}, sort_keys=False)
+
+
+def package_share() -> Path:
+    """The folder holding launch/, config/ and models/: the ament share folder when the
+    package is installed by colcon, else the source checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        share = Path(get_package_share_directory("wsa_ros"))
+        if (share / "models").is_dir():
+            return share
+    except Exception:  # noqa: BLE001 - not installed through ament: use the checkout
+        pass
+    return Path(__file__).resolve().parent.parent
+
+
+def default_bundle() -> Path:
+    return package_share() / "models" / "default"
+
+
+def resolve_bundle(path: str) -> Path:
+    """'' -> the shipped default bundle; '~' and relative paths resolved."""
+    if not path:
+        return default_bundle()
+    return Path(os.path.expanduser(path)).resolve()

@@ -1,0 +1,409 @@
+"""The inference engine: a model bundle run by ONNX Runtime, ROS-free.
+
+One ``Engine.step`` serves the live agent node, offline bag evaluation, the simulator
+demo and the benchmarks, so their actions agree exactly. A step is
+
+    camera frames (uint8) -> preprocess into preallocated encoder inputs
+    -> each frozen encoder session -> embeddings (device-resident when on a GPU)
+    -> the fusion-and-actor session -> action in [-1, 1] and alpha
+    -> action scaled to joint units by the bundle's action spec.
+
+Sessions are chained with IO binding: the embedding buffers an encoder writes are the
+very buffers the policy reads, so nothing is allocated or copied between sessions and,
+on CUDA/TensorRT, embeddings never leave the GPU.
+
+Providers are tried in the order given (default TensorRT -> CUDA -> CPU); those missing
+from this ONNX Runtime build are skipped with a warning, and ``provider`` tells which one
+really runs the sessions (ONNX Runtime may silently fall back; we read it back).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .bundle import Bundle, BundleError, EncoderSpec, ProprioSpec, load_bundle
+
+log = logging.getLogger("wsa_ros.engine")
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class EngineError(ValueError):
+    """An input the engine cannot act on (missing camera, bad image, non-finite value)."""
+
+
+@dataclass
+class StepResult:
+    action: np.ndarray  # joint units (float64), scaled from action_norm; not clamped
+    action_norm: np.ndarray  # policy output in [-1, 1]
+    alpha: np.ndarray  # one weight per feature encoder
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
+
+
+def build_proprio(spec: ProprioSpec, names, position=None, velocity=None, effort=None) -> np.ndarray:
+    """Joint readings (any order, e.g. a JointState's) -> the vector the bundle expects:
+    for each field in ``spec.fields``, every joint in ``spec.joint_names`` order.
+    Raises ValueError naming a missing joint, a missing field or a non-finite value."""
+    index = {n: i for i, n in enumerate(names)}
+    missing = [j for j in spec.joint_names if j not in index]
+    if missing:
+        raise ValueError(f"joint(s) {missing} missing from the joint state (have {list(names)})")
+    src = {"position": position, "velocity": velocity, "effort": effort}
+    out = np.empty(spec.dim, dtype=np.float64)
+    k = 0
+    for fld in spec.fields:
+        vals = src[fld]
+        if vals is None or len(vals) != len(names):
+            raise ValueError(f"joint state has no '{fld}' values for its {len(names)} joints "
+                             f"(got {0 if vals is None else len(vals)})")
+        for j in spec.joint_names:
+            v = float(vals[index[j]])
+            if not math.isfinite(v):
+                raise ValueError(f"joint '{j}' {fld} is not finite ({v})")
+            out[k] = v
+            k += 1
+    return out
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+def resolve_providers(preference, cache_dir: str | None = None, device_id: int = 0):
+    """Preference names (tensorrt/cuda/cpu or full ORT names) -> ORT provider list with
+    options, keeping only providers this ONNX Runtime build has. CPU is always last."""
+    ort = _ort()
+    available = set(ort.get_available_providers())
+    out = []
+    for p in preference:
+        name = PROVIDER_NAMES.get(str(p).lower(), str(p))
+        if name not in PROVIDER_NAMES.values():
+            raise EngineError(f"unknown execution provider '{p}' (use tensorrt, cuda or cpu)")
+        if name not in available:
+            log.warning("execution provider %s is not available in this onnxruntime build "
+                        "(available: %s); skipping it", name, sorted(available))
+            continue
+        opts: dict = {}
+        if name == "TensorrtExecutionProvider":
+            cache = os.path.expanduser(cache_dir or "~/.cache/wsa_ros/trt")
+            os.makedirs(cache, exist_ok=True)
+            opts = {"device_id": device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}
+        elif name == "CUDAExecutionProvider":
+            opts = {"device_id": device_id}
+        if all(n != name for n, _ in out):
+            out.append((name, opts))
+    if all(n != "CPUExecutionProvider" for n, _ in out):
+        out.append(("CPUExecutionProvider", {}))
+    return out
+
+
+def _dims_match(onnx_shape, want) -> bool:
+    if len(onnx_shape) != len(want):
+        return False
+    return all(not isinstance(a, int) or a <= 0 or a == b for a, b in zip(onnx_shape, want))
+
+
+class Engine:
+    """A loaded, validated bundle ready to act. Not thread-safe: one caller at a time
+    (the agent's control tick); hot-swap builds a second Engine and swaps references."""
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, providers=("tensorrt", "cuda", "cpu"),
+                 threads: int = 1, warmup: bool = True, cache_dir: str | None = None,
+                 device_id: int = 0, verify_hashes: bool = True):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_hashes)
+        b = self.bundle
+        ort = _ort()
+        self._ort = ort
+        plist = resolve_providers(providers, cache_dir, device_id)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+
+        def session(path: Path):
+            try:
+                return ort.InferenceSession(str(path), sess_options=so,
+                                            providers=[n for n, _ in plist],
+                                            provider_options=[o for _, o in plist])
+            except Exception as exc:  # ORT raises its own types for unreadable/invalid models
+                raise BundleError(f"{path}: ONNX Runtime cannot load this model: {exc}") from exc
+
+        self._enc_sessions = [session(b.path(e.file)) for e in b.encoders]
+        self._policy_session = session(b.path(b.policy.file))
+        used = self._policy_session.get_providers()
+        self.provider: str = used[0] if used else "CPUExecutionProvider"
+        wanted = plist[0][0]
+        if self.provider != wanted:
+            log.warning("wanted execution provider %s but ONNX Runtime runs %s", wanted, self.provider)
+        self.providers_requested = [n for n, _ in plist]
+        self._device = "cuda" if self.provider in GPU_PROVIDERS else "cpu"
+        self._device_id = device_id
+        self._check_shapes()
+        self._allocate()
+        if warmup:
+            self.warmup()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def cameras(self) -> list[str]:
+        return self.bundle.cameras
+
+    @property
+    def encoder_names(self) -> list[str]:
+        return [e.name for e in self.bundle.encoders]
+
+    @property
+    def alpha_names(self) -> list[str]:
+        return [e.name for e in self.bundle.feature_encoders]
+
+    # ------------------------------------------------------------------ set-up
+    def _check_shapes(self) -> None:
+        b = self.bundle
+        for e, s in zip(b.encoders, self._enc_sessions):
+            path = b.path(e.file)
+            ins = {i.name: i for i in s.get_inputs()}
+            outs = {o.name: o for o in s.get_outputs()}
+            if e.onnx_input not in ins:
+                raise BundleError(f"{path}: has no input '{e.onnx_input}' (inputs: {list(ins)})")
+            if e.onnx_output not in outs:
+                raise BundleError(f"{path}: has no output '{e.onnx_output}' (outputs: {list(outs)})")
+            want_in = list(e.input.shape(1))
+            if not _dims_match(ins[e.onnx_input].shape, want_in):
+                raise BundleError(f"{path}: input shape {ins[e.onnx_input].shape} does not match the "
+                                  f"manifest's {want_in} (height, width, color, layout)")
+            want_t = "tensor(uint8)" if e.input.dtype == "uint8" else "tensor(float)"
+            if ins[e.onnx_input].type != want_t:
+                raise BundleError(f"{path}: input type {ins[e.onnx_input].type}, manifest says {e.input.dtype}")
+            want_out = [1, *e.output_shape]
+            if not _dims_match(outs[e.onnx_output].shape, want_out):
+                raise BundleError(f"{path}: output shape {outs[e.onnx_output].shape} does not match the "
+                                  f"manifest's output_shape {e.output_shape}")
+        path = b.path(b.policy.file)
+        pins = {i.name: i for i in self._policy_session.get_inputs()}
+        pouts = {o.name: o for o in self._policy_session.get_outputs()}
+        if set(pins) != set(b.policy.inputs):
+            raise BundleError(f"{path}: inputs {sorted(pins)} differ from the manifest's {sorted(b.policy.inputs)}")
+        for e in b.encoders:
+            want = [1, *e.output_shape]
+            if not _dims_match(pins[f"emb_{e.name}"].shape, want):
+                raise BundleError(f"{path}: input emb_{e.name} shape {pins[f'emb_{e.name}'].shape} does not "
+                                  f"match encoder '{e.name}' output_shape {e.output_shape}")
+        if b.proprio and not _dims_match(pins["proprio"].shape, [1, b.proprio.dim]):
+            raise BundleError(f"{path}: proprio input shape {pins['proprio'].shape}, manifest says "
+                              f"{b.proprio.dim} values")
+        for name in ("action", "alpha"):
+            if name not in pouts:
+                raise BundleError(f"{path}: has no output '{name}' (outputs: {list(pouts)})")
+        if not _dims_match(pouts["action"].shape, [1, b.action.dim]):
+            raise BundleError(f"{path}: action output shape {pouts['action'].shape}, manifest says "
+                              f"{b.action.dim} joints")
+        if not _dims_match(pouts["alpha"].shape, [1, len(b.feature_encoders)]):
+            raise BundleError(f"{path}: alpha output shape {pouts['alpha'].shape}, manifest has "
+                              f"{len(b.feature_encoders)} feature encoders")
+
+    def _allocate(self) -> None:
+        """Preallocate every buffer a step touches and bind them once."""
+        ort, b = self._ort, self.bundle
+        self._in_bufs: list[np.ndarray] = []
+        self._emb_vals = []
+        self._enc_bindings = []
+        for e, s in zip(b.encoders, self._enc_sessions):
+            buf = np.zeros(e.input.shape(1), dtype=np.uint8 if e.input.dtype == "uint8" else np.float32)
+            emb = ort.OrtValue.ortvalue_from_shape_and_type([1, *e.output_shape], np.float32,
+                                                            self._device, self._device_id)
+            io = s.io_binding()
+            io.bind_ortvalue_input(e.onnx_input, ort.OrtValue.ortvalue_from_numpy(buf))
+            io.bind_ortvalue_output(e.onnx_output, emb)
+            self._in_bufs.append(buf)
+            self._emb_vals.append(emb)
+            self._enc_bindings.append(io)
+        self._proprio_buf = np.zeros((1, b.proprio.dim), dtype=np.float32) if b.proprio else None
+        if b.proprio:
+            self._p_mean = np.asarray(b.proprio.mean, dtype=np.float64)
+            self._p_std = np.asarray(b.proprio.std, dtype=np.float64)
+        self._action_buf = np.zeros((1, b.action.dim), dtype=np.float32)
+        self._alpha_buf = np.zeros((1, len(b.feature_encoders)), dtype=np.float32)
+        io = self._policy_session.io_binding()
+        for e, emb in zip(b.encoders, self._emb_vals):
+            io.bind_ortvalue_input(f"emb_{e.name}", emb)
+        if b.proprio:
+            io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
+        io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
+        io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
+        self._policy_binding = io
+        self._low = np.asarray(b.action.low, dtype=np.float64)
+        self._high = np.asarray(b.action.high, dtype=np.float64)
+        self._run_opts = ort.RunOptions()
+        # camera name -> indices of encoders reading it
+        self._by_camera = {c: [i for i, e in enumerate(b.encoders) if e.camera == c] for c in b.cameras}
+
+    def warmup(self, runs: int = 3) -> None:
+        """Run mid-grey frames and neutral proprioception; a non-finite output is a
+        BundleError naming the file that produced it."""
+        b = self.bundle
+        imgs = {c: np.full((b.encoders[ix[0]].input.height, b.encoders[ix[0]].input.width, 3), 127, np.uint8)
+                for c, ix in self._by_camera.items()}
+        proprio = np.asarray(b.proprio.mean, dtype=np.float64) if b.proprio else None
+        for _ in range(runs):
+            self._preprocess(imgs)
+            self._set_proprio(proprio)
+            for i, (e, s) in enumerate(zip(b.encoders, self._enc_sessions)):
+                s.run_with_iobinding(self._enc_bindings[i], self._run_opts)
+                emb = self._emb_vals[i].numpy()
+                if not np.all(np.isfinite(emb)):
+                    raise BundleError(f"{b.path(e.file)}: warm-up produced non-finite embeddings")
+            self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
+            if not (np.all(np.isfinite(self._action_buf)) and np.all(np.isfinite(self._alpha_buf))):
+                raise BundleError(f"{b.path(b.policy.file)}: warm-up produced a non-finite action or alpha")
+
+    # ------------------------------------------------------------------ the step
+    @staticmethod
+    def _check_frame(cam: str, img) -> np.ndarray:
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+            raise EngineError(f"camera '{cam}': expected a uint8 array, got "
+                              f"{getattr(img, 'dtype', type(img).__name__)}")
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[:, :, 0]
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)) or img.shape[0] == 0 or img.shape[1] == 0:
+            raise EngineError(f"camera '{cam}': expected HxW or HxWx3 pixels, got shape {img.shape}")
+        return img
+
+    @staticmethod
+    def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+        if img.shape[0] == height and img.shape[1] == width:
+            return img
+        shrink = img.shape[0] > height and img.shape[1] > width
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+    @staticmethod
+    def _fill(e: EncoderSpec, buf: np.ndarray, img: np.ndarray) -> None:
+        """A frame already at the encoder's size -> its input buffer (colour order,
+        layout, and for float32 inputs (pixel * scale - mean) / std), in place."""
+        spec = e.input
+        if spec.color == "gray":
+            img = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            img = img[:, :, None]
+        elif img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        elif spec.color == "bgr":
+            img = img[:, :, ::-1]
+        if spec.dtype == "uint8":
+            buf[0] = img if spec.layout == "nhwc" else img.transpose(2, 0, 1)
+            return
+        dst = buf[0] if spec.layout == "nhwc" else buf[0].transpose(1, 2, 0)
+        np.multiply(img, np.float32(spec.scale), out=dst, casting="unsafe")
+        dst -= np.asarray(spec.mean, np.float32)
+        dst /= np.asarray(spec.std, np.float32)
+
+    def _preprocess(self, images: dict) -> None:
+        if not isinstance(images, dict):
+            raise EngineError("images must be a dict {camera name: uint8 array}")
+        for cam, idx in self._by_camera.items():
+            if cam not in images or images[cam] is None:
+                raise EngineError(f"no frame for camera '{cam}' (the bundle reads {self.cameras})")
+            img = self._check_frame(cam, images[cam])
+            sized: dict[tuple[int, int], np.ndarray] = {}  # resize once per size and camera
+            for i in idx:
+                spec = self.bundle.encoders[i].input
+                key = (spec.height, spec.width)
+                if key not in sized:
+                    sized[key] = self._resize(img, *key)
+                self._fill(self.bundle.encoders[i], self._in_bufs[i], sized[key])
+
+    def _set_proprio(self, proprio) -> None:
+        b = self.bundle
+        if not b.proprio:
+            return
+        if proprio is None:
+            raise EngineError(f"this bundle needs proprioception ({b.proprio.dim} values: "
+                              f"{b.proprio.fields} of {b.proprio.joint_names})")
+        p = np.asarray(proprio, dtype=np.float64).reshape(-1)
+        if p.shape[0] != b.proprio.dim:
+            raise EngineError(f"proprioception has {p.shape[0]} values, the bundle expects {b.proprio.dim}")
+        if not np.all(np.isfinite(p)):
+            raise EngineError("proprioception holds NaN or inf")
+        self._proprio_buf[0] = (p - self._p_mean) / self._p_std
+
+    def step(self, images: dict, proprio=None) -> StepResult:
+        """Frames (camera name -> uint8 HxWx3 RGB or HxW mono, any size) and raw
+        proprioception (``build_proprio`` order) -> action, alpha and stage timings."""
+        t0 = time.perf_counter()
+        self._preprocess(images)
+        self._set_proprio(proprio)
+        t1 = time.perf_counter()
+        timings = {"preprocess": t1 - t0}
+        for e, s, io in zip(self.bundle.encoders, self._enc_sessions, self._enc_bindings):
+            ta = time.perf_counter()
+            s.run_with_iobinding(io, self._run_opts)
+            timings[f"enc_{e.name}"] = time.perf_counter() - ta
+        ta = time.perf_counter()
+        self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
+        timings["policy"] = time.perf_counter() - ta
+        a = self._action_buf[0].astype(np.float64)
+        if not np.all(np.isfinite(a)):
+            raise EngineError(f"policy output is not finite: {a}")
+        alpha = self._alpha_buf[0].copy()
+        action = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+        timings["total"] = time.perf_counter() - t0
+        return StepResult(action=action, action_norm=a, alpha=alpha, timings=timings)
+
+    # ------------------------------------------------------------------ pieces for learners/tools
+    def embed(self, images: dict) -> dict[str, np.ndarray]:
+        """Run only the encoders; {encoder name: [1, *output_shape] float32 copy}."""
+        self._preprocess(images)
+        out = {}
+        for e, s, io, v in zip(self.bundle.encoders, self._enc_sessions, self._enc_bindings, self._emb_vals):
+            s.run_with_iobinding(io, self._run_opts)
+            out[e.name] = v.numpy().copy()
+        return out
+
+    def act(self, embeddings: dict[str, np.ndarray], proprio=None) -> tuple[np.ndarray, np.ndarray]:
+        """Run only the fusion-and-actor session on given embeddings (batch of any size);
+        returns (action_norm [B, A], alpha [B, K])."""
+        b = self.bundle
+        feeds = {}
+        for e in b.encoders:
+            if e.name not in embeddings:
+                raise EngineError(f"no embedding for encoder '{e.name}'")
+            feeds[f"emb_{e.name}"] = np.asarray(embeddings[e.name], dtype=np.float32)
+        if b.proprio:
+            if proprio is None:
+                raise EngineError("this bundle needs proprioception")
+            p = np.atleast_2d(np.asarray(proprio, dtype=np.float64))
+            feeds["proprio"] = ((p - self._p_mean) / self._p_std).astype(np.float32)
+        action, alpha = self._policy_session.run(["action", "alpha"], feeds)
+        return action, alpha
+
+    def stage_runners(self) -> dict[str, callable]:
+        """Each session's bound run on its own (for benchmarks: whole step vs the sum of
+        its sessions run alone). Uses the inputs of the last step."""
+        out = {}
+        for e, s, io in zip(self.bundle.encoders, self._enc_sessions, self._enc_bindings):
+            out[f"enc_{e.name}"] = (lambda s=s, io=io: s.run_with_iobinding(io, self._run_opts))
+        out["policy"] = lambda: self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
+        return out
+
+    def scale_action(self, action_norm: np.ndarray) -> np.ndarray:
+        return self._low + (np.asarray(action_norm, np.float64) + 1.0) * 0.5 * (self._high - self._low)

@@ -65,7 +65,18 @@ class AgentConfig:
     max_rate: float = param(
         0.0, "Per-joint rate limit in action units per second (position: rad/s, velocity: rad/s^2); "
         "0 disables.", 0.0, 1e6)
+    trigger: str = param(
+        "timer",
+        "timer: act every 1/control_rate_hz on the newest frame and joint state (fixed cadence); "
+        "camera: act as soon as a new frame of the first camera arrives (lowest latency; the timer "
+        "then only runs the watchdog).", choices=("timer", "camera"))
+    blend_in_s: float = param(
+        0.5, "After enabling, fade the command in from the stop command (measured pose / zero "
+        "velocity) over this many seconds; 0 disables.", 0.0, 60.0)
     start_enabled: bool = param(False, "Start acting immediately instead of waiting for ~/enable.")
+    estop_topic: str = param(
+        "~/estop", "std_msgs/Bool e-stop input: true engages (latched), false releases; ~/enable "
+        "is needed afterwards. Subscribed best-effort so any publisher QoS matches.")
     providers: list[str] = param(
         ["tensorrt", "cuda", "cpu"], "ONNX Runtime execution providers in order of preference.")
     intra_op_threads: int = param(1, "ONNX Runtime intra-op threads per session.", 1, 64)
@@ -74,7 +85,60 @@ class AgentConfig:
     log_throttle_s: float = param(2.0, "Minimum interval between repeated warnings of one kind.", 0.0, 600.0)
 
 
-SECTIONS: dict[str, type] = {"agent": AgentConfig}
+@dataclass
+class SimConfig:
+    """Parameters of ``sim_arm_node`` (the simulated arm behind real-arm topics)."""
+
+    NODE = "sim_arm_node"
+
+    seed: int = param(0, "Episode seed (targets, initial joint states).", 0, 2**31 - 1)
+    image_size: int = param(84, "Square camera image size in pixels.", 16, 1024)
+    camera_topic: str = param("/camera/image_raw", "sensor_msgs/Image (rgb8) output.")
+    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState output.")
+    command_topic: str = param("/forward_command_controller/commands",
+                               "Velocity commands in, as a ros2_control forward_command_controller takes them.")
+    command_type: str = param(
+        "float64_array",
+        "float64_array: std_msgs/Float64MultiArray of joint velocities (forward_command_controller); "
+        "joint_trajectory: trajectory_msgs/JointTrajectory, first point's velocities, joints by name.",
+        choices=("float64_array", "joint_trajectory"))
+    command_timeout_s: float = param(0.2, "No command for this long -> the arm is stopped.", 0.001, 10.0)
+    real_time_factor: float = param(1.0, "Simulated seconds per wall second.", 0.01, 100.0)
+    publish_clock: bool = param(False, "Publish /clock (sim time) for use_sim_time graphs.")
+    max_episode_steps: int = param(100, "Steps per episode (each 0.02 s of sim time).", 1, 100000)
+    reward_topic: str = param("/wsa/reward", "std_msgs/Float64 reward, one per step.")
+    episode_end_topic: str = param("/wsa/episode_end", "std_msgs/String 'terminated' or 'truncated'.")
+    success_topic: str = param("/wsa/success", "std_msgs/Bool, per step: is the task solved now.")
+
+
+@dataclass
+class FinetuneConfig:
+    """Parameters of ``finetune_node`` (online RL from logged transitions)."""
+
+    NODE = "finetune_node"
+
+    bundle: str = param("", "Bundle to start from; empty = the shipped models/default.")
+    store_dir: str = param("~/.local/share/wsa_ros/replay", "Durable replay store folder.")
+    demo_dir: str = param("", "Demonstration store (from `wsa import-demos`); empty = none.")
+    out_dir: str = param("~/.local/share/wsa_ros/bundles", "Where exported bundles are written.")
+    agent_node: str = param("/agent_node", "Fully qualified name of the agent to push policies to.")
+    camera_topics: list[str] = param(["/camera/image_raw"], "Camera topics, in the bundle's camera order.")
+    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState input.")
+    action_record_topic: str = param("/agent_node/action_record", "The agent's stamped action record.")
+    reward_topic: str = param("/wsa/reward", "std_msgs/Float64 reward.")
+    episode_end_topic: str = param("/wsa/episode_end", "std_msgs/String 'terminated' or 'truncated'.")
+    intervention_topic: str = param("/wsa/teleop", "Teleoperation command; when active the step is a demonstration.")
+    batch_size: int = param(256, "Batch size (half demonstrations when there are any).", 1, 65536)
+    demo_ratio: float = param(0.5, "Fraction of each batch drawn from demonstrations (RLPD).", 0.0, 1.0)
+    discount: float = param(0.97, "Discount factor.", 0.0, 1.0)
+    lr: float = param(3e-4, "Adam learning rate.", 1e-7, 1.0)
+    utd: int = param(1, "Updates per received transition (update-to-data ratio).", 1, 64)
+    warmup_transitions: int = param(500, "Online transitions before the first update.", 0, 10**9)
+    export_every_updates: int = param(2000, "Export, validate and push a bundle every N updates.", 1, 10**9)
+    seed: int = param(0, "Learner seed.", 0, 2**31 - 1)
+
+
+SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune": FinetuneConfig}
 
 
 # --------------------------------------------------------------------------- schema access

@@ -120,21 +120,62 @@ class FinetuneConfig:
     bundle: str = param("", "Bundle to start from; empty = the shipped models/default.")
     store_dir: str = param("~/.local/share/wsa_ros/replay", "Durable replay store folder.")
     demo_dir: str = param("", "Demonstration store (from `wsa import-demos`); empty = none.")
-    out_dir: str = param("~/.local/share/wsa_ros/bundles", "Where exported bundles are written.")
+    out_dir: str = param("~/.local/share/wsa_ros/bundles",
+                         "Where exported bundles, the learner checkpoint (learner/) and the CSV logs (logs/) go.")
+    namespaces: list[str] = param(
+        [""], "One entry per robot feeding this learner: its namespace (e.g. /arm1), prefixed to every "
+        "topic below and to agent_node. [''] = one robot, topics as given.")
     agent_node: str = param("/agent_node", "Fully qualified name of the agent to push policies to.")
+    agent_bundle_root: str = param(
+        "", "Where the agents see out_dir (a shared filesystem mounted elsewhere on the robot); "
+        "empty = the same path.")
     camera_topics: list[str] = param(["/camera/image_raw"], "Camera topics, in the bundle's camera order.")
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState input.")
     action_record_topic: str = param("/agent_node/action_record", "The agent's stamped action record.")
     reward_topic: str = param("/wsa/reward", "std_msgs/Float64 reward.")
     episode_end_topic: str = param("/wsa/episode_end", "std_msgs/String 'terminated' or 'truncated'.")
-    intervention_topic: str = param("/wsa/teleop", "Teleoperation command; when active the step is a demonstration.")
+    success_topic: str = param("/wsa/success", "std_msgs/Bool, per step: is the task solved now.")
+    intervention_topic: str = param(
+        "/wsa/teleop", "Teleoperation command (sensor_msgs/JointState: name + position in the action's "
+        "joint units); while one arrived within intervention_timeout_s the step is a demonstration.")
+    intervention_timeout_s: float = param(0.25, "How long a teleoperation command keeps a step flagged.",
+                                          0.0, 10.0)
+    frame_tolerance_s: float = param(
+        0.005, "An action record matches the first camera's frame whose stamp is this close.", 0.0, 1.0)
+    pairing_timeout_s: float = param(
+        1.0, "How long an action record waits for its frame / joint state before it is rejected.", 0.01, 60.0)
+    max_abs_reward: float = param(1e6, "A reward beyond +-this is rejected as out of range.", 0.0, 1e30)
+    reorder_window_s: float = param(
+        0.5, "Messages are handled in publish-time order (DDS source timestamps; machines' clocks "
+        "synchronised to a few ms) after this hold, which must exceed the learner's worst delivery delay.",
+        0.0, 10.0)
+    providers: list[str] = param(["cuda", "cpu"], "ONNX Runtime providers for re-encoding frames.")
+    flush_period_s: float = param(
+        1.0, "Replay store flush period: a kill -9 loses at most this much data.", 0.05, 1.0)
+    capacity: int = param(200000, "Online replay buffer size in memory (the disk store keeps everything).",
+                          100, 10**8)
     batch_size: int = param(256, "Batch size (half demonstrations when there are any).", 1, 65536)
     demo_ratio: float = param(0.5, "Fraction of each batch drawn from demonstrations (RLPD).", 0.0, 1.0)
     discount: float = param(0.97, "Discount factor.", 0.0, 1.0)
     lr: float = param(3e-4, "Adam learning rate.", 1e-7, 1.0)
+    tau: float = param(0.005, "Polyak rate of the target critic and target fusion trunk.", 1e-5, 1.0)
+    init_temperature: float = param(0.01, "Initial SAC entropy temperature (auto-tuned).", 1e-6, 100.0)
+    actor_every: int = param(1, "Actor and temperature step every N critic updates.", 1, 100)
     utd: int = param(1, "Updates per received transition (update-to-data ratio).", 1, 64)
     warmup_transitions: int = param(500, "Online transitions before the first update.", 0, 10**9)
+    bc_steps: int = param(0, "Behaviour-cloning steps on the demonstrations before online training "
+                             "(fresh start only; 0 = none).", 0, 10**7)
     export_every_updates: int = param(2000, "Export, validate and push a bundle every N updates.", 1, 10**9)
+    holdout_every: int = param(50, "Every N-th online observation is held out for validating exports.",
+                               2, 10**6)
+    push: bool = param(True, "Ask the agents to swap in each validated bundle.")
+    push_timeout_s: float = param(10.0, "An agent that has not answered a push by then is logged as failed.",
+                                  0.1, 600.0)
+    checkpoint_period_s: float = param(30.0, "Learner checkpoint period (also at every export).", 1.0, 86400.0)
+    log_every_updates: int = param(100, "A CSV row of losses every N updates.", 1, 10**6)
+    status_period_s: float = param(1.0, "Period of ~/status (std_msgs/String, JSON).", 0.1, 60.0)
+    device: str = param("cpu", "Learner device.", choices=("cpu", "cuda"))
+    torch_threads: int = param(1, "torch intra-op threads for the learner.", 1, 256)
     seed: int = param(0, "Learner seed.", 0, 2**31 - 1)
 
 

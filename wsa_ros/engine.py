@@ -44,6 +44,10 @@ class EngineError(ValueError):
     """An input the engine cannot act on (missing camera, bad image, non-finite value)."""
 
 
+class PolicyOutputError(EngineError):
+    """The policy produced a non-finite action: the inputs were fine, the model is not."""
+
+
 @dataclass
 class StepResult:
     action: np.ndarray  # joint units (float64), scaled from action_norm; not clamped
@@ -363,7 +367,7 @@ class Engine:
         timings["policy"] = time.perf_counter() - ta
         a = self._action_buf[0].astype(np.float64)
         if not np.all(np.isfinite(a)):
-            raise EngineError(f"policy output is not finite: {a}")
+            raise PolicyOutputError(f"policy output is not finite: {a}")
         alpha = self._alpha_buf[0].copy()
         action = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
         timings["total"] = time.perf_counter() - t0

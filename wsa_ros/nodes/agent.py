@@ -82,7 +82,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-import yaml
 from builtin_interfaces.msg import Duration as DurationMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
@@ -100,9 +99,9 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from .. import images
-from ..bundle import MANIFEST, Bundle, BundleError, compatible_with, load_bundle, parse_manifest, verify_files
+from ..bundle import Bundle, BundleError, compatible_with, load_bundle
 from ..config import AgentConfig, ConfigError, resolve_bundle
-from ..engine import Engine, EngineError, build_proprio
+from ..engine import Engine, EngineError, PolicyOutputError, build_proprio
 from ..safety import State, Supervisor, SupervisorConfig
 from .params import check_change, declare_config
 
@@ -523,7 +522,7 @@ class AgentNode(Node):
         try:
             r = eng.step(imgs, joints.proprio)
         except EngineError as exc:
-            key = "policy_nonfinite" if "policy output" in str(exc) else "engine_input"
+            key = "policy_nonfinite" if isinstance(exc, PolicyOutputError) else "engine_input"
             self._reject(key, f"policy version {eng.version}: {exc}; sending the stop command for this tick")
             with self._out_lock:
                 cmd = self._sup.reject(str(exc), measured)
@@ -670,7 +669,7 @@ class AgentNode(Node):
             cur = self._engine
             try:
                 path = resolve_bundle(path_str)
-                b = _load_bundle_fast(path)
+                b = load_bundle(path)
                 why = compatible_with(cur.bundle, b)
                 if list(b.action.low) != list(cur.bundle.action.low) or \
                         list(b.action.high) != list(cur.bundle.action.high):
@@ -777,27 +776,6 @@ class AgentNode(Node):
                 self._out_lock.release()
 
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _load_bundle_fast(path) -> Bundle:
-    """``bundle.load_bundle`` with libyaml's safe loader when PyYAML has it: a hot-swap
-    parses the manifest next to the running control thread, and the pure-Python parser
-    holds the interpreter lock 3-10x longer. Any problem is reported by load_bundle."""
-    p = Path(path)
-    mf = p / MANIFEST
-    if _YAML_LOADER is yaml.SafeLoader or not mf.is_file():
-        return load_bundle(p)
-    try:
-        with open(mf, encoding="utf-8") as f:
-            m = yaml.load(f, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        return load_bundle(p)  # its error message
-    b = parse_manifest(p, m)
-    verify_files(b)
-    return b
-
-
 def _spin_control(executor, node) -> None:
     try:
         executor.spin()
@@ -816,6 +794,7 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also when started with SIGINT ignored (nohup, `cmd &`)
     # a thread doing Python work (a swap parsing a manifest) hands the GIL to the control
     # tick within 1 ms instead of the default 5 ms
     sys.setswitchinterval(0.001)
@@ -835,7 +814,10 @@ def main(argv=None) -> int:
         control_thread.start()
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        executor.spin()
+        # spin in short slices: a blocking spin() never returns to Python while no timer is
+        # due (e.g. use_sim_time with /clock stopped), so SIGINT/SIGTERM would go unnoticed
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

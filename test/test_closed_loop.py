@@ -1,0 +1,193 @@
+"""A short closed loop across processes: sim_arm_node and agent_node (and finetune_node when it
+is installed) as separate processes on a private ROS domain, the graph on sim time (/clock from
+the sim). Checks that the arm does not move while the agent is disabled, that after ``~/enable``
+the sim receives the agent's commands and its joint velocities follow them, that every action is
+recorded against the frame it was computed from, and that transitions reach the fine-tuner.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("mujoco")
+
+from wsa_ros.demo import Children, RosSession, node_command, ros_env  # noqa: E402
+
+DT_NS = 20_000_000
+SIM = dict(seed=3, max_episode_steps=25, publish_clock=True, real_time_factor=1.0)
+
+
+def _stamp_ns(h) -> int:
+    return h.stamp.sec * 1_000_000_000 + h.stamp.nanosec
+
+
+class LoopProbe:
+    def __init__(self, s: RosSession):
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float32MultiArray, Float64MultiArray, String
+
+        best = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=500, reliability=ReliabilityPolicy.BEST_EFFORT)
+        rel = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=500, reliability=ReliabilityPolicy.RELIABLE)
+        self.joints: dict[int, np.ndarray] = {}
+        self.records: list[tuple[int, str, np.ndarray]] = []
+        self.commands: list[np.ndarray] = []
+        self.alphas: list[tuple[str, np.ndarray]] = []
+        self.ends: list[str] = []
+        n = s.node
+        n.create_subscription(JointState, "/joint_states",
+                              lambda m: self.joints.__setitem__(_stamp_ns(m.header), np.array(m.velocity)), best)
+        n.create_subscription(JointState, "/agent_node/action_record", lambda m: self.records.append(
+            (_stamp_ns(m.header), m.header.frame_id, np.array(m.position))), rel)
+        n.create_subscription(Float64MultiArray, "/forward_command_controller/commands",
+                              lambda m: self.commands.append(np.array(m.data)), rel)
+        n.create_subscription(Float32MultiArray, "/agent_node/alpha", lambda m: self.alphas.append(
+            (m.layout.dim[0].label if m.layout.dim else "", np.array(m.data))), best)
+        n.create_subscription(String, "/wsa/episode_end", lambda m: self.ends.append(m.data), rel)
+        self.learner: dict = {}
+        n.create_subscription(String, "/finetune_node/status",
+                              lambda m: self.learner.update(json.loads(m.data)), 10)
+
+
+def _call(s: RosSession, client, request, children, timeout=15.0):
+    s.spin_until(lambda: client.service_is_ready(), timeout, f"service {client.srv_name}", children)
+    fut = client.call_async(request)
+    s.spin_until(fut.done, timeout, f"reply of {client.srv_name}", children)
+    return fut.result()
+
+
+def test_agent_commands_reach_the_sim_and_transitions_reach_the_finetuner(tmp_path, tiny_bundle):
+    from std_srvs.srv import SetBool
+
+    have_finetune = importlib.util.find_spec("wsa_ros.nodes.finetune") is not None
+    dom = 90
+    # the agent's watchdog is not under test here: a loaded 2-core machine may deliver /clock late
+    agent = dict(bundle=str(tiny_bundle), start_enabled=False, trigger="camera", control_rate_hz=50.0,
+                 blend_in_s=0.0, max_obs_age_s=2.0, providers=["cpu"], use_sim_time=True)
+    with Children(ros_env(dom), tmp_path / "logs") as ch, RosSession("loop_probe", dom) as s:
+        ch.start("sim_arm_node", node_command("sim_arm_node", SIM))
+        ch.start("agent_node", node_command("agent_node", agent))
+        if have_finetune:
+            ch.start("finetune_node", node_command("finetune_node", dict(
+                bundle=str(tiny_bundle), store_dir=str(tmp_path / "store"), out_dir=str(tmp_path / "bundles"),
+                warmup_transitions=10**6, providers=["cpu"], flush_period_s=0.2, use_sim_time=True)), grace_s=30.0)
+        p = LoopProbe(s)
+        enable = s.node.create_client(SetBool, "/agent_node/enable")
+
+        # 1. agent (and learner) up, agent disabled: no policy actions, the arm stays still
+        s.spin_until(lambda: enable.service_is_ready() and len(p.joints) > 20, 60.0,
+                     "the agent's ~/enable service and sim joint states", ch)
+        if have_finetune:
+            s.spin_until(lambda: bool(p.learner), 90.0, "the fine-tuner's first ~/status", ch)
+        s.spin_for(0.5)
+        assert not p.records, "the agent acted before it was enabled"
+        recent = [v for t, v in sorted(p.joints.items())[-15:]]
+        assert np.all(np.abs(recent) < 0.05), f"the arm moves with the agent disabled: {recent[-1]}"
+
+        # 2. enable: actions flow and the sim's joint velocities follow the commands
+        res = _call(s, enable, SetBool.Request(data=True), ch)
+        assert res.success, res.message
+        s.spin_until(lambda: len(p.records) >= 60 and len(p.ends) >= 2, 60.0,
+                     "60 agent actions and 2 episode ends", ch)
+        if have_finetune:
+            s.spin_until(lambda: p.learner.get("accepted", 0) >= 40, 60.0,
+                         "the fine-tuner accepting 40 transitions", ch)
+        s.spin_for(0.3)
+        assert not ch.dead(), f"{ch.dead()[0].name} died:\n{ch.dead()[0].tail()}"
+        t_stop = time.monotonic()
+        codes = ch.stop()  # the learner flushes its store on the way out
+        stop_s = time.monotonic() - t_stop
+    assert all(rc == 0 for rc in codes.values()), f"unclean exits {codes} (stopping took {stop_s:.1f} s)"
+
+    # every action acted on a real sim frame: stamps are whole sim steps, versions are the bundle's
+    stamps = [t for t, _v, _c in p.records]
+    assert all(t % DT_NS == 0 for t in stamps) and stamps == sorted(stamps)
+    assert {v for _t, v, _c in p.records} == {"1"}
+    cmds = np.array([c for _t, _v, c in p.records])
+    assert cmds.shape[1] == 2 and np.all(np.abs(cmds) <= 3.0 + 1e-9)
+    assert np.mean(np.abs(cmds)) > 0.1, "the policy commands ~zero; the response check would be void"
+    # the joint velocity a few steps after a frame matches the command computed from that frame
+    errs = {}
+    for lag in range(1, 7):
+        pairs = [(c, p.joints[t + lag * DT_NS]) for t, _v, c in p.records if t + lag * DT_NS in p.joints]
+        if len(pairs) >= 30:
+            errs[lag] = float(np.mean([np.abs(c - v).mean() for c, v in pairs]))
+    assert errs, "too few joint states after the recorded actions"
+    zero_err = float(np.mean(np.abs(cmds)))  # what "the arm ignores the commands" would give
+    best = min(errs.values())
+    assert best < 0.3 * zero_err + 0.05, f"joint velocities do not follow the commands: error by lag {errs}, " \
+                                         f"vs {zero_err:.3f} for a still arm"
+    # alpha: one weight per feature encoder, a distribution
+    assert p.alphas and p.alphas[-1][0] == "ae,idm"
+    assert np.allclose(p.alphas[-1][1].sum(), 1.0, atol=1e-4)
+    if not have_finetune:
+        pytest.skip("closed loop sim <-> agent passed; finetune_node is not installed, transitions not checked")
+
+    # transitions reached the learner's store on disk: each one is an action the agent took on a
+    # sim frame, with the command the agent sent (normalised by the bundle's +-3 rad/s bounds)
+    chunks = sorted((tmp_path / "store").rglob("*.npz"))
+    assert chunks, f"no replay chunk written under {tmp_path / 'store'}"
+    stored = {k: [] for k in ("stamp_ns", "next_stamp_ns", "action", "reward", "version")}
+    for f in chunks:
+        with np.load(f, allow_pickle=False) as z:
+            for k in stored:
+                stored[k].append(z[k])
+    st = {k: np.concatenate(v) for k, v in stored.items()}
+    n = st["stamp_ns"].size
+    assert n >= 40, f"only {n} transitions stored"
+    sent = {t: c for t, _v, c in p.records}
+    known = [i for i in range(n) if int(st["stamp_ns"][i]) in sent]
+    assert len(known) >= 0.8 * n, "stored transitions whose stamps are not frames the agent acted on"
+    for i in known:
+        np.testing.assert_allclose(st["action"][i], sent[int(st["stamp_ns"][i])] / 3.0, atol=1e-5)
+    assert np.all(st["next_stamp_ns"] > st["stamp_ns"]) and np.all(st["stamp_ns"] % DT_NS == 0)
+    assert np.all(np.isfinite(st["reward"])) and np.all(st["reward"] < 0)
+    assert set(st["version"].tolist()) == {"1"}
+
+
+def _demo(args, tmp_path, timeout=150):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "import sys; from wsa_ros.demo import main; sys.exit(main())", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+def test_demo_command_end_to_end_writes_plots_and_summary(tmp_path, tiny_bundle):
+    """`wsa demo` on a tiny bundle for 3 episodes: per-episode lines, plots, summary, clean exit."""
+    import json
+
+    have_finetune = importlib.util.find_spec("wsa_ros.nodes.finetune") is not None
+    out = tmp_path / "demo"
+    args = ["--bundle", str(tiny_bundle), "--episodes", "3", "--out", str(out), "--domain-id", "91",
+            "--eval-episodes", "2", "--param", "sim.max_episode_steps=30", "--param", "agent.providers=[cpu]"]
+    if have_finetune:
+        args += ["--param", "finetune.warmup_transitions=1000000"]
+    else:
+        args.append("--no-finetune")
+    r = _demo(args, tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ep ")]
+    assert len(lines) >= 3 and all("return" in ln and "policy v1" in ln and "latency" in ln for ln in lines), r.stdout
+    for f in ("success_rate.png", "alpha_episode.png", "episodes.csv", "summary.json", "summary.md"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    info = json.loads((out / "summary.json").read_text())
+    assert info["summary"]["episodes"] >= 3
+    assert set(info["summary"]["alpha"]["encoders"]) == {"ae", "idm"}
+    assert all(rc == 0 for rc in info["exit_codes"].values()), info["exit_codes"]
+    assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["start"]["version"] == "1"
+
+
+def test_demo_reports_a_child_that_dies(tmp_path, tiny_bundle):
+    """A child that cannot start (agent with an out-of-range parameter) is named with its exit code,
+    the others are stopped and the demo fails."""
+    r = _demo(["--bundle", str(tiny_bundle), "--episodes", "3", "--out", str(tmp_path / "d"), "--domain-id", "92",
+               "--no-finetune", "--param", "agent.control_rate_hz=0.5"], tmp_path, timeout=90)
+    assert r.returncode == 1, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "agent_node exited with code 1" in r.stdout, r.stdout
+    assert "control_rate_hz" in r.stdout  # the end of the child's log is shown

@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 
-from wsa_ros.demo import Children, RosSession, node_command, ros_env  # noqa: E402
+from wsa_ros.demo import Children, node_command, ros_env  # noqa: E402
+from wsa_ros.nodes.monitor import RosSession  # noqa: E402
 
 DT_NS = 20_000_000
 SIM = dict(seed=3, max_episode_steps=25, publish_clock=True, real_time_factor=1.0)

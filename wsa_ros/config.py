@@ -151,7 +151,8 @@ class FinetuneConfig:
         0.0, 10.0)
     providers: list[str] = param(["cuda", "cpu"], "ONNX Runtime providers for re-encoding frames.")
     flush_period_s: float = param(
-        1.0, "Replay store flush period: a kill -9 loses at most this much data.", 0.05, 1.0)
+        0.5, "Replay store flush period (fsync). A kill -9 loses what arrived in the last reorder_window_s "
+        "+ one control step + flush_period_s (defaults: about 1 s).", 0.05, 1.0)
     capacity: int = param(200000, "Online replay buffer size in memory (the disk store keeps everything).",
                           100, 10**8)
     batch_size: int = param(256, "Batch size (half demonstrations when there are any).", 1, 65536)

@@ -54,8 +54,14 @@ def test_engine_step_scales_action_and_alpha_sums_to_one(tiny_bundle):
     np.testing.assert_allclose(r.action, low + (r.action_norm + 1) / 2 * (high - low), rtol=1e-12)
     assert r.alpha.shape == (len(b.feature_encoders),)
     assert abs(float(r.alpha.sum()) - 1.0) < 1e-5
+    assert eng.fused and set(r.timings) == {"preprocess", "infer", "total"}
+    # the chained sessions (per-stage timings) give the same step as the merged graph
+    chained = Engine(tiny_bundle, providers=["cpu"], fuse=False)
+    rc = chained.step(_frames(b), _proprio(b))
+    np.testing.assert_allclose(rc.action_norm, r.action_norm, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rc.alpha, r.alpha, rtol=1e-5, atol=1e-6)
     for stage in ["preprocess", "policy", "total"] + [f"enc_{e.name}" for e in b.encoders]:
-        assert r.timings[stage] >= 0.0
+        assert rc.timings[stage] >= 0.0
     # the split path used by learners and tools gives the same action
     a, alpha = eng.act(eng.embed(_frames(b)), _proprio(b))
     np.testing.assert_allclose(a[0], r.action_norm, rtol=1e-5, atol=1e-6)

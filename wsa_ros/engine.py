@@ -8,9 +8,11 @@ demo and the benchmarks, so their actions agree exactly. A step is
     -> the fusion-and-actor session -> action in [-1, 1] and alpha
     -> action scaled to joint units by the bundle's action spec.
 
-Sessions are chained with IO binding: the embedding buffers an encoder writes are the
-very buffers the policy reads, so nothing is allocated or copied between sessions and,
-on CUDA/TensorRT, embeddings never leave the GPU.
+By default the encoder graphs and the policy graph are merged into ONE graph at load time
+(``fuse=True``; checked against the chained sessions during warm-up), so a step is one ONNX
+Runtime call. The separate sessions remain, chained with IO binding (the embedding buffers
+an encoder writes are the very buffers the policy reads; on CUDA/TensorRT they never leave
+the GPU), for ``embed``/``act``, per-stage timings (``fuse=False``) and benchmarks.
 
 Providers are tried in the order given (default TensorRT -> CUDA -> CPU); those missing
 from this ONNX Runtime build are skipped with a warning, and ``provider`` tells which one
@@ -53,7 +55,8 @@ class StepResult:
     action: np.ndarray  # joint units (float64), scaled from action_norm; not clamped
     action_norm: np.ndarray  # policy output in [-1, 1]
     alpha: np.ndarray  # one weight per feature encoder
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
+    # seconds: preprocess, infer (fused) or enc_<name> + policy (chained), and total
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def build_proprio(spec: ProprioSpec, names, position=None, velocity=None, effort=None) -> np.ndarray:
@@ -129,7 +132,7 @@ class Engine:
 
     def __init__(self, bundle: Bundle | str | os.PathLike, providers=("tensorrt", "cuda", "cpu"),
                  threads: int = 1, warmup: bool = True, cache_dir: str | None = None,
-                 device_id: int = 0, verify_hashes: bool = True):
+                 device_id: int = 0, verify_hashes: bool = True, fuse: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_hashes)
         b = self.bundle
         ort = _ort()
@@ -150,6 +153,10 @@ class Engine:
             except Exception as exc:  # ORT raises its own types for unreadable/invalid models
                 raise BundleError(f"{path}: ONNX Runtime cannot load this model: {exc}") from exc
 
+        def session_from_bytes(model: bytes):
+            return ort.InferenceSession(model, sess_options=so, providers=[n for n, _ in plist],
+                                        provider_options=[o for _, o in plist])
+
         self._enc_sessions = [session(b.path(e.file)) for e in b.encoders]
         self._policy_session = session(b.path(b.policy.file))
         used = self._policy_session.get_providers()
@@ -162,6 +169,16 @@ class Engine:
         self._device_id = device_id
         self._check_shapes()
         self._allocate()
+        # One merged graph (every encoder + the policy) runs a step in a single ONNX Runtime
+        # call: no per-session dispatch overhead, and one TensorRT engine on a GPU. The
+        # separate sessions stay for embed()/act(), per-stage timings and benchmarks.
+        self.fused = False
+        if fuse:
+            merged = self._merge_graphs()
+            if merged is not None:
+                self._fused_session = session_from_bytes(merged)
+                self._bind_fused()
+                self.fused = True
         if warmup:
             self.warmup()
 
@@ -263,6 +280,43 @@ class Engine:
         # camera name -> indices of encoders reading it
         self._by_camera = {c: [i for i, e in enumerate(b.encoders) if e.camera == c] for c in b.cameras}
 
+    def _merge_graphs(self) -> bytes | None:
+        """Every encoder graph (names prefixed ``e<i>/``) wired into the policy graph; None
+        (with a log line) when the graphs cannot be merged, e.g. different opsets."""
+        import onnx
+        from onnx import compose
+
+        b = self.bundle
+        try:
+            pol = onnx.load(str(b.path(b.policy.file)))
+            merged = None
+            io_map = []
+            for i, e in enumerate(b.encoders):
+                m = compose.add_prefix(onnx.load(str(b.path(e.file))), prefix=f"e{i}/")
+                io_map.append((f"e{i}/{e.onnx_output}", f"emb_{e.name}"))
+                merged = m if merged is None else compose.merge_models(merged, m, io_map=[])
+            ir = max(merged.ir_version, pol.ir_version)
+            merged.ir_version = pol.ir_version = ir
+            merged = compose.merge_models(
+                merged, pol, io_map=io_map,
+                inputs=[f"e{i}/{e.onnx_input}" for i, e in enumerate(b.encoders)] + (["proprio"] if b.proprio else []),
+                outputs=["action", "alpha"])
+            return merged.SerializeToString()
+        except Exception as exc:  # noqa: BLE001 - fall back to chained sessions, which always work
+            log.info("encoders and policy not merged into one graph (%s); running them as chained sessions", exc)
+            return None
+
+    def _bind_fused(self) -> None:
+        ort, b = self._ort, self.bundle
+        io = self._fused_session.io_binding()
+        for i, (e, buf) in enumerate(zip(b.encoders, self._in_bufs)):
+            io.bind_ortvalue_input(f"e{i}/{e.onnx_input}", ort.OrtValue.ortvalue_from_numpy(buf))
+        if b.proprio:
+            io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
+        io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
+        io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
+        self._fused_binding = io
+
     def warmup(self, runs: int = 3) -> None:
         """Run mid-grey frames and neutral proprioception; a non-finite output is a
         BundleError naming the file that produced it."""
@@ -281,6 +335,13 @@ class Engine:
             self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
             if not (np.all(np.isfinite(self._action_buf)) and np.all(np.isfinite(self._alpha_buf))):
                 raise BundleError(f"{b.path(b.policy.file)}: warm-up produced a non-finite action or alpha")
+            if self.fused:
+                chained = (self._action_buf.copy(), self._alpha_buf.copy())
+                self._fused_session.run_with_iobinding(self._fused_binding, self._run_opts)
+                if not (np.allclose(self._action_buf, chained[0], rtol=1e-4, atol=1e-5)
+                        and np.allclose(self._alpha_buf, chained[1], rtol=1e-4, atol=1e-5)):
+                    log.warning("merged graph disagrees with the chained sessions; using the chained sessions")
+                    self.fused = False
 
     # ------------------------------------------------------------------ the step
     @staticmethod
@@ -358,13 +419,17 @@ class Engine:
         self._set_proprio(proprio)
         t1 = time.perf_counter()
         timings = {"preprocess": t1 - t0}
-        for e, s, io in zip(self.bundle.encoders, self._enc_sessions, self._enc_bindings):
+        if self.fused:
+            self._fused_session.run_with_iobinding(self._fused_binding, self._run_opts)
+            timings["infer"] = time.perf_counter() - t1
+        else:
+            for e, s, io in zip(self.bundle.encoders, self._enc_sessions, self._enc_bindings):
+                ta = time.perf_counter()
+                s.run_with_iobinding(io, self._run_opts)
+                timings[f"enc_{e.name}"] = time.perf_counter() - ta
             ta = time.perf_counter()
-            s.run_with_iobinding(io, self._run_opts)
-            timings[f"enc_{e.name}"] = time.perf_counter() - ta
-        ta = time.perf_counter()
-        self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
-        timings["policy"] = time.perf_counter() - ta
+            self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
+            timings["policy"] = time.perf_counter() - ta
         a = self._action_buf[0].astype(np.float64)
         if not np.all(np.isfinite(a)):
             raise PolicyOutputError(f"policy output is not finite: {a}")

@@ -1,0 +1,148 @@
+"""ReacherSim: determinism, velocity actions, success, the scripted expert."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+from wsa_ros.sim.reacher import (
+    ACTION_HIGH,
+    JOINT_NAMES,
+    LINK0,
+    LINK1,
+    ReacherSim,
+    expert_action,
+    inverse_kinematics,
+)
+
+
+def _run(seed, actions, image_size=48):
+    out = []
+    with ReacherSim(seed=seed, image_size=image_size, max_steps=50) as sim:
+        obs = sim.reset()
+        out.append((hashlib.sha256(obs["image"].tobytes()).hexdigest(), obs["position"].tobytes(), obs["velocity"].tobytes()))
+        for a in actions:
+            obs, r, term, trunc, info = sim.step(a)
+            out.append((hashlib.sha256(obs["image"].tobytes()).hexdigest(), obs["position"].tobytes(), obs["velocity"].tobytes()))
+        obs = sim.reset()  # second episode continues the seeded stream
+        out.append((hashlib.sha256(obs["image"].tobytes()).hexdigest(), obs["position"].tobytes(), None))
+    return out
+
+
+def test_same_seed_gives_identical_images_and_joint_states():
+    acts = np.random.default_rng(0).uniform(-3, 3, (8, 2))
+    a, b = _run(3, acts), _run(3, acts)
+    assert a == b
+    c = _run(4, acts)
+    assert a[0][0] != c[0][0]  # another seed: another target, another picture
+    assert len({h for h, _, _ in a}) > 5  # the arm moves, frames change
+
+
+def test_observation_layout_and_image():
+    with ReacherSim(seed=0, image_size=(60, 80), max_steps=3) as sim:
+        obs = sim.reset()
+        assert obs["image"].shape == (60, 80, 3) and obs["image"].dtype == np.uint8
+        assert obs["joint_names"] == list(JOINT_NAMES) == ["joint0", "joint1"]
+        assert obs["position"].shape == (2,) and obs["velocity"].shape == (2,)
+        assert obs["image"].std() > 5  # not a blank frame
+        # the red target is in view
+        img = obs["image"].astype(int)
+        assert np.any((img[..., 0] > 120) & (img[..., 1] < 80) & (img[..., 2] < 80))
+        for i in range(3):
+            obs, r, term, trunc, info = sim.step([0.0, 0.0])
+            assert term is False and trunc == (i == 2)
+        assert set(info) >= {"distance", "success", "target", "fingertip"}
+        assert r == pytest.approx(-info["distance"])
+
+
+def test_fingertip_matches_forward_kinematics_and_ik_reaches_targets():
+    with ReacherSim(seed=1, render=False) as sim:
+        sim.reset()
+        for _ in range(20):
+            sim.step([2.0, -1.5])
+        q0, q1 = sim._u.data.qpos[:2]
+        fk = np.array([LINK0 * math.cos(q0) + LINK1 * math.cos(q0 + q1), LINK0 * math.sin(q0) + LINK1 * math.sin(q0 + q1)])
+        np.testing.assert_allclose(sim.fingertip, fk, atol=1e-6)
+    for xy in [(0.15, 0.05), (-0.1, -0.12), (0.0, 0.2), (0.02, -0.03)]:
+        q = inverse_kinematics(xy)
+        fk = (LINK0 * math.cos(q[0]) + LINK1 * math.cos(q[0] + q[1]), LINK0 * math.sin(q[0]) + LINK1 * math.sin(q[0] + q[1]))
+        np.testing.assert_allclose(fk, xy, atol=1e-9)
+        assert abs(q[1]) <= 3.0
+
+
+def test_velocity_commands_are_tracked_and_clipped():
+    with ReacherSim(seed=0, render=False) as sim:
+        sim.reset()
+        for _ in range(15):
+            obs, *_ = sim.step([1.0, -0.5])
+        np.testing.assert_allclose(obs["velocity"], [1.0, -0.5], rtol=0.05, atol=0.02)
+        for _ in range(15):
+            obs, *_ = sim.step([50.0, -50.0])  # beyond the bounds
+        np.testing.assert_allclose(obs["velocity"], [ACTION_HIGH[0], -ACTION_HIGH[1]], rtol=0.05)
+        assert -math.pi <= obs["position"][0] < math.pi  # continuous joint reported wrapped
+
+
+def test_bad_use_raises_clear_errors():
+    sim = ReacherSim(seed=0, render=False)
+    with pytest.raises(RuntimeError, match="reset"):
+        sim.step([0.0, 0.0])
+    sim.reset()
+    with pytest.raises(ValueError, match="2 finite joint velocities"):
+        sim.step([0.0])
+    with pytest.raises(ValueError, match="2 finite joint velocities"):
+        sim.step([0.0, float("nan")])
+    with pytest.raises(RuntimeError, match="render=False"):
+        sim.render()
+    sim.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        sim.reset()
+    with pytest.raises(ValueError, match="too small"):
+        ReacherSim(image_size=8)
+
+
+def test_expert_reaches_the_target_most_of_the_time():
+    reached, final = [], []
+    with ReacherSim(seed=7, max_steps=100, render=False) as sim:
+        for _ in range(12):
+            sim.reset()
+            hit = False
+            for _ in range(sim.max_steps):
+                a = expert_action(sim)
+                assert np.all(np.abs(a) <= np.asarray(ACTION_HIGH))
+                _, _, _, trunc, info = sim.step(a)
+                hit = hit or info["success"]
+                if trunc:
+                    break
+            reached.append(hit)
+            final.append(info["success"])
+    assert np.mean(reached) >= 0.9
+    assert np.mean(final) >= 0.8
+
+
+def test_doing_nothing_rarely_succeeds():
+    # the success criterion is not trivially met
+    with ReacherSim(seed=7, max_steps=20, render=False) as sim:
+        hits = []
+        for _ in range(10):
+            sim.reset()
+            for _ in range(20):
+                _, _, _, _, info = sim.step([0.0, 0.0])
+            hits.append(info["success"])
+    assert np.mean(hits) <= 0.2
+
+
+def test_start_poses():
+    with ReacherSim(seed=2, render=False) as sim:
+        near = []
+        for _ in range(6):
+            sim.reset(arm="near_target")
+            near.append(sim.distance)
+        assert np.median(near) < 0.08
+        poses = []
+        for _ in range(6):
+            poses.append(sim.reset(arm="random")["position"])
+        assert np.ptp(np.array(poses)[:, 0]) > 1.0  # joint0 spread over the circle
+        default = sim.reset(arm="default")["position"]
+        assert np.all(np.abs(default) <= 0.1 + 1e-9)
+        with pytest.raises(ValueError, match="arm start"):
+            sim.reset(arm="sideways")

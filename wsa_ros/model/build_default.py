@@ -1,0 +1,434 @@
+"""Build the default bundle (``wsa build-bundle``): a WSA policy for the simulated Reacher arm.
+
+Steps, all seeded:
+1. collect frames from ``ReacherSim``: many short episodes (one target each; target diversity
+   is what the policy must generalise over), starting from Reacher's pose, a random pose or
+   near the target; a random-velocity walk of random length, then the noisy scripted expert
+   (random motion and good behaviour, as the method's notes recommend);
+2. train the frozen encoders on those frames: the conv autoencoder ``ae`` (feature and
+   context, role ``both``), the inverse-dynamics encoder ``idm`` and the keypoint encoder
+   ``kp``; export them to ONNX;
+3. compute embeddings through ONNX Runtime and train the WSA head by behaviour cloning
+   (MSE between tanh(mean) and the expert's normalised joint velocities, labelled at every
+   visited state), then ``--dagger-rounds`` rounds of DAgger (roll out the policy, label with
+   the expert, retrain);
+4. export the bundle to ``--out`` and evaluate it through ONNX Runtime on held-out episodes
+   (100 steps from Reacher's start pose) against the expert; the recipe (command
+   line, seed, sizes, losses, success rates, mean alpha, timings) goes in the manifest.
+
+The critic and the log-std head are left untrained (fine-tuning trains them).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+DEFAULT_OUT = "models/default"
+
+
+class _Enc(NamedTuple):
+    name: str
+    input: Any
+    output_shape: list[int]
+    role: str
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="wsa build-bundle",
+        description="Train encoders + a WSA head on the simulated Reacher arm and export a bundle.",
+    )
+    ap.add_argument("--out", default=DEFAULT_OUT, help="bundle folder to write (replaced) [%(default)s]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="very small run for tests (< 20 s)")
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--version", default="1")
+    ap.add_argument("--image-size", type=int, default=84)
+    ap.add_argument("--episodes", type=int, default=400, help="short episodes collected for training (one target each)")
+    ap.add_argument("--collect-steps", type=int, default=12, help="steps per collected episode")
+    ap.add_argument("--max-steps", type=int, default=100, help="steps per DAgger/evaluation episode (0.02 s each)")
+    ap.add_argument("--ae-steps", type=int, default=250)
+    ap.add_argument("--idm-steps", type=int, default=150)
+    ap.add_argument("--kp-steps", type=int, default=250, help="0 leaves the keypoint encoder out")
+    ap.add_argument("--batch", type=int, default=32, help="encoder training batch")
+    ap.add_argument("--bc-steps", type=int, default=1500)
+    ap.add_argument("--bc-batch", type=int, default=128)
+    ap.add_argument("--bc-lr", type=float, default=6e-3, help="peak learning rate (cosine decay) of behaviour cloning")
+    ap.add_argument("--lr", type=float, default=1e-3, help="encoder learning rate")
+    ap.add_argument("--dagger-rounds", type=int, default=1)
+    ap.add_argument("--dagger-episodes", type=int, default=16)
+    ap.add_argument("--dagger-steps", type=int, default=50, help="steps per DAgger episode")
+    ap.add_argument("--eval-episodes", type=int, default=20)
+    ap.add_argument("--d", type=int, default=64, help="WSA embedding size")
+    ap.add_argument("--hidden", type=int, default=256, help="actor/critic hidden width (2 layers)")
+    ap.add_argument("--fusion", default="wsa", choices=["wsa", "concat", "mean", "single"])
+    ap.add_argument("--normalization", default="softmax", choices=["softmax", "relu"])
+    ap.add_argument("--spatial-adapter", default="keypoints", choices=["keypoints", "conv"],
+                    help="adapter of feature maps: keypoints (soft-argmax; generalises to unseen target "
+                         "positions) or conv (the paper's S_i) [%(default)s]")
+    ap.add_argument("--context-adapter", default="spatial", choices=["spatial", "flat"],
+                    help="flat is the paper's A_0 on the flattened 64x16x16 map (+1M parameters) [%(default)s]")
+    ap.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads (1 is fastest on a busy 2-core machine)")
+    ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+TINY = dict(image_size=48, episodes=10, collect_steps=10, max_steps=20, ae_steps=20, idm_steps=20, kp_steps=20,
+            batch=16, bc_steps=100, dagger_rounds=1, dagger_episodes=1, dagger_steps=20, eval_episodes=2, d=32, hidden=64)
+
+
+# --------------------------------------------------------------------------- data
+def collect(sim, episodes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Short episodes (many targets) from random or default arm poses: a random-walk prefix,
+    then the noisy expert; labels = expert action at every visited state."""
+    from wsa_ros.sim.reacher import expert_action
+
+    high = sim.action_high
+    frames, pos, vel, act, label, nxt, ep_id, tgt = [], [], [], [], [], [], [], []
+    for ep in range(episodes):
+        obs = sim.reset(arm=("default", "random", "near_target", "random")[ep % 4])
+        prefix = 0 if ep % 3 == 0 else int(rng.integers(1, max(2, sim.max_steps // 2)))
+        sigma = float(rng.uniform(0.1, 1.0)) * high
+        a_rand = np.zeros(2)
+        start = len(frames)
+        for t in range(sim.max_steps):
+            exp = expert_action(sim)
+            if t < prefix:
+                a_rand = 0.8 * a_rand + rng.normal(0.0, 0.6, 2) * high
+                a = np.clip(a_rand, -high, high)
+            else:
+                a = np.clip(exp + rng.normal(0.0, 1.0, 2) * sigma, -high, high)
+            frames.append(obs["image"])
+            pos.append(obs["position"])
+            vel.append(obs["velocity"])
+            act.append(a / high)
+            label.append(exp / high)
+            ep_id.append(ep)
+            tgt.append(sim.target)
+            obs, _, _, truncated, _ = sim.step(a)
+            if truncated:
+                break
+        n = len(frames) - start
+        nxt.extend(list(range(start + 1, start + n)) + [-1])
+    return {
+        "frames": np.stack(frames),
+        "position": np.asarray(pos),
+        "velocity": np.asarray(vel),
+        "action": np.asarray(act, dtype=np.float32),
+        "label": np.asarray(label, dtype=np.float32),
+        "next": np.asarray(nxt, dtype=np.int64),
+        "episode": np.asarray(ep_id),
+        "target": np.asarray(tgt),
+    }
+
+
+# --------------------------------------------------------------------------- BC
+def _bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
+    """Adam with a cosine learning-rate decay on MSE(tanh(mean), label); 10% held out."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    n = len(labels)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    n_val = max(1, n // 10)
+    val, tr = perm[:n_val], perm[n_val:]
+    params = policy.fusion_parameters() + policy.actor_parameters()
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, steps) / steps)))
+
+    def loss_on(idx):
+        e = {k: v[idx] for k, v in embs.items()}
+        a, _ = policy.deterministic_action(e, proprio[idx] if proprio is not None else None)
+        return F.mse_loss(a, labels[idx])
+
+    policy.train()
+    last = float("nan")
+    for i in range(steps):
+        idx = tr[torch.randint(0, len(tr), (min(batch, len(tr)),), generator=gen)]
+        loss = loss_on(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        last = float(loss.detach())
+        if log and (i % 500 == 0 or i == steps - 1):
+            log(f"{tag} step {i}/{steps} mse {last:.4f}")
+    policy.eval()
+    with torch.no_grad():
+        val_loss = float(loss_on(val))
+        train_loss = float(loss_on(tr[: min(len(tr), 4096)]))
+    return {"steps": steps, "samples": n, "train_mse": train_loss, "val_mse": val_loss, "last_batch_mse": last}
+
+
+def _rollout(sim, sessions, specs, policy, pnorm, episodes, seed_base, collect_labels=True):
+    """Run the torch policy on ORT embeddings; returns embeddings, proprio, expert labels, stats."""
+    import torch
+
+    from wsa_ros.model.encoders import onnx_embed
+    from wsa_ros.sim.reacher import expert_action
+
+    high = sim.action_high
+    embs = {s.name: [] for s in specs}
+    props, labels, succ_end, succ_any, dists, alphas = [], [], [], [], [], []
+    for ep in range(episodes):
+        obs = sim.reset(seed=seed_base + ep, arm=("default", "random")[ep % 2])
+        reached = False
+        info = sim.info()
+        for _ in range(sim.max_steps):
+            e = {s.name: onnx_embed(sessions[s.name], obs["image"], s.input) for s in specs}
+            p = np.concatenate([obs["position"], obs["velocity"]])
+            pn = ((p - pnorm[0]) / pnorm[1]).astype(np.float32)[None]
+            with torch.no_grad():
+                a, alpha = policy.deterministic_action({k: torch.from_numpy(v) for k, v in e.items()}, torch.from_numpy(pn))
+            if collect_labels:
+                for k, v in e.items():
+                    embs[k].append(v[0])
+                props.append(pn[0])
+                labels.append(expert_action(sim) / high)
+            alphas.append(alpha.numpy()[0])
+            obs, _, _, truncated, info = sim.step(a.numpy()[0].astype(np.float64) * high)
+            reached = reached or info["success"]
+            if truncated:
+                break
+        succ_end.append(info["success"])
+        succ_any.append(reached)
+        dists.append(info["distance"])
+    stats = {
+        "episodes": episodes,
+        "success_final": float(np.mean(succ_end)),
+        "success_any": float(np.mean(succ_any)),
+        "final_distance": float(np.mean(dists)),
+        "alpha_mean": [float(x) for x in np.mean(alphas, axis=0)],
+    }
+    data = None
+    if collect_labels:
+        data = ({k: np.stack(v) for k, v in embs.items()}, np.stack(props), np.asarray(labels, dtype=np.float32))
+    return data, stats
+
+
+def evaluate_bundle(bundle, episodes: int, seed: int, image_size: int, max_steps: int, threads: int = 1) -> dict:
+    """Success of the exported bundle (through ONNX Runtime) and of the expert on the same episodes."""
+    from wsa_ros.model.export import OrtPolicy
+    from wsa_ros.sim.reacher import ReacherSim, expert_action
+
+    runner = OrtPolicy(bundle, threads=threads)
+    cam = bundle.cameras[0]
+    res = {}
+    for who in ("policy", "expert"):
+        succ_end, succ_any, dists, alphas = [], [], [], []
+        with ReacherSim(seed=seed, image_size=image_size, max_steps=max_steps, render=(who == "policy")) as sim:
+            for ep in range(episodes):
+                obs = sim.reset(seed=seed + ep)
+                reached, info = False, sim.info()
+                for _ in range(max_steps):
+                    if who == "policy":
+                        p = np.concatenate([obs["position"], obs["velocity"]])
+                        a, _, alpha = runner.act({cam: obs["image"]}, p)
+                        alphas.append(alpha[0])
+                        a = a[0]
+                    else:
+                        a = expert_action(sim)
+                    obs, _, _, truncated, info = sim.step(a)
+                    reached = reached or info["success"]
+                    if truncated:
+                        break
+                succ_end.append(info["success"])
+                succ_any.append(reached)
+                dists.append(info["distance"])
+        res[who] = {
+            "success_final": float(np.mean(succ_end)),
+            "within_5cm_final": float(np.mean(np.asarray(dists) < 0.05)),
+            "success_any": float(np.mean(succ_any)),
+            "final_distance_m": round(float(np.mean(dists)), 4),
+        }
+        if alphas:
+            res[who]["alpha_mean"] = [round(float(x), 4) for x in np.mean(alphas, axis=0)]
+    res["episodes"] = episodes
+    res["seed"] = seed
+    return res
+
+
+# --------------------------------------------------------------------------- main
+def build(args: argparse.Namespace, argv: list[str]) -> "object":
+    import torch
+
+    from wsa_ros.bundle import ActionSpec, InputSpec, ProprioSpec, write_manifest
+    from wsa_ros.model.encoders import (
+        export_encoder_onnx,
+        onnx_embed,
+        ort_session,
+        train_autoencoder,
+        train_inverse_dynamics,
+        train_keypoints,
+    )
+    from wsa_ros.model.export import EncoderSource, export_bundle
+    from wsa_ros.model.wsa import FusionPolicy, make_head_config
+    from wsa_ros.sim.reacher import ACTION_HIGH, ACTION_LOW, JOINT_NAMES, SUCCESS_RADIUS, ReacherSim
+
+    t_start = time.time()
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"[build-bundle {time.time() - t_start:6.1f}s] {m}", flush=True))
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    size = args.image_size
+    timings: dict[str, float] = {}
+
+    # 1. data
+    t = time.time()
+    with ReacherSim(seed=args.seed, image_size=size, max_steps=args.collect_steps) as sim:
+        data = collect(sim, args.episodes, rng)
+    n = len(data["frames"])
+    timings["collect_s"] = round(time.time() - t, 1)
+    log(f"collected {n} frames from {args.episodes} episodes")
+
+    # 2. encoders
+    t = time.time()
+    ae, ae_stats = train_autoencoder(data["frames"], steps=args.ae_steps, batch=args.batch, lr=args.lr, seed=args.seed, log=log)
+    idm, idm_stats = train_inverse_dynamics(
+        data["frames"], data["next"], data["action"], steps=args.idm_steps, batch=args.batch, lr=args.lr, seed=args.seed + 1, log=log
+    )
+    kp = kp_stats = None
+    if args.kp_steps > 0:
+        kp, kp_stats = train_keypoints(data["frames"], steps=args.kp_steps, batch=args.batch, lr=args.lr, seed=args.seed + 2, log=log)
+    timings["encoders_s"] = round(time.time() - t, 1)
+
+    inp = InputSpec(height=size, width=size)
+    work = Path(tempfile.mkdtemp(prefix="wsa-build-"))
+    enc_list = [("ae", ae.encoder, "both", f"conv autoencoder (weighted MSE), {args.ae_steps} steps on {n} Reacher frames")]
+    enc_list.append(("idm", idm.encoder, "feature", f"inverse dynamics (o_t, o_t+1 -> a_t), {args.idm_steps} steps"))
+    if kp is not None:
+        enc_list.append(("kp", kp.encoder, "feature", f"deep spatial autoencoder, {kp_stats['keypoints']} keypoints, {args.kp_steps} steps"))
+    specs, sessions, sources = [], {}, []
+    for name, net, role, source in enc_list:
+        path = work / f"{name}.onnx"
+        shape = export_encoder_onnx(net, path, inp)
+        sessions[name] = ort_session(path, args.threads)
+        src = EncoderSource(name, "front", inp, role, onnx=path, source=source)
+        sources.append(src)
+        specs.append(_Enc(name, inp, shape, role))
+    t = time.time()
+    embs_np = {s.name: onnx_embed(sessions[s.name], data["frames"], inp) for s in specs}
+    timings["embed_s"] = round(time.time() - t, 1)
+
+    # proprio normalisation from the collected states
+    p_raw = np.concatenate([data["position"], data["velocity"]], axis=1)
+    p_mean = p_raw.mean(axis=0)
+    p_std = np.maximum(p_raw.std(axis=0), 1e-3)
+    proprio_spec = ProprioSpec(list(JOINT_NAMES), ["position", "velocity"], [round(float(x), 6) for x in p_mean], [round(float(x), 6) for x in p_std])
+    pnorm = (np.asarray(proprio_spec.mean), np.asarray(proprio_spec.std))
+    action_spec = ActionSpec("velocity", list(JOINT_NAMES), list(ACTION_LOW), list(ACTION_HIGH), "rad/s")
+
+    # 3. head + behaviour cloning (+ DAgger)
+    head_cfg = make_head_config(
+        args.fusion,
+        [{"name": s.name, "output_shape": s.output_shape, "role": s.role} for s in specs],
+        action_dim=2,
+        proprio_dim=proprio_spec.dim,
+        normalization=args.normalization,
+        d=args.d,
+        actor_hidden=[args.hidden, args.hidden],
+        critic_hidden=[args.hidden, args.hidden],
+        spatial_adapter=args.spatial_adapter,
+        context_adapter=args.context_adapter,
+    )
+    policy = FusionPolicy.from_config(head_cfg)
+    E = {k: torch.from_numpy(v) for k, v in embs_np.items()}
+    P = torch.from_numpy(((p_raw - pnorm[0]) / pnorm[1]).astype(np.float32))
+    L = torch.from_numpy(data["label"])
+    t = time.time()
+    bc_stats = [_bc_train(policy, E, P, L, args.bc_steps, args.bc_batch, args.bc_lr, args.seed, log, "bc")]
+    dagger_stats = []
+    with ReacherSim(seed=args.seed + 500, image_size=size, max_steps=args.dagger_steps) as sim:
+        for r in range(args.dagger_rounds):
+            (e_new, p_new, l_new), st = _rollout(sim, sessions, specs, policy, pnorm, args.dagger_episodes, args.seed + 500 + 100 * r)
+            dagger_stats.append(st)
+            log(f"dagger round {r}: policy success {st['success_any']:.2f} (any) {st['success_final']:.2f} (final), alpha {st['alpha_mean']}")
+            E = {k: torch.cat([E[k], torch.from_numpy(e_new[k])]) for k in E}
+            P = torch.cat([P, torch.from_numpy(p_new)])
+            L = torch.cat([L, torch.from_numpy(l_new)])
+            bc_stats.append(_bc_train(policy, E, P, L, max(1, args.bc_steps // 2), args.bc_batch, args.bc_lr / 2, args.seed + r + 1, log, f"bc+dagger{r}"))
+    timings["bc_s"] = round(time.time() - t, 1)
+    log(f"behaviour cloning: val mse {bc_stats[-1]['val_mse']:.4f}")
+
+    # 4. export + evaluate
+    recipe = {
+        "command": " ".join(["wsa", "build-bundle", *(shlex.quote(a) for a in argv)]),
+        "seed": args.seed,
+        "task": "gymnasium Reacher-v5 (MuJoCo), velocity actions, wsa_ros.sim.ReacherSim",
+        "success_radius_m": SUCCESS_RADIUS,
+        "image_size": size,
+        "frames": n,
+        "episodes": args.episodes,
+        "collect_steps": args.collect_steps,
+        "eval_steps": args.max_steps,
+        "encoders": {"ae": ae_stats, "idm": idm_stats, **({"kp": kp_stats} if kp_stats else {})},
+        "bc": bc_stats,
+        "dagger": dagger_stats,
+        "bc_loss": bc_stats[-1]["val_mse"],
+        "threads": args.threads,
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    recipe = _round(recipe)
+    bundle = export_bundle(args.out, policy, sources, action_spec, proprio_spec, name=args.name, version=args.version, recipe=recipe)
+    t = time.time()
+    if args.eval_episodes > 0:
+        ev = evaluate_bundle(bundle, args.eval_episodes, args.seed + 10_000, size, args.max_steps, args.threads)
+        bundle.recipe["eval"] = _round(ev)
+        log(f"eval ({args.eval_episodes} held-out episodes, ONNX Runtime): {ev}")
+    timings["eval_s"] = round(time.time() - t, 1)
+    timings["total_s"] = round(time.time() - t_start, 1)
+    bundle.recipe["timings"] = _round(timings)
+    write_manifest(bundle)
+    size_b = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
+    log(f"wrote {args.out} ({size_b / 1e6:.2f} MB) in {timings['total_s']} s")
+    shutil.rmtree(work, ignore_errors=True)
+    return bundle
+
+
+def _round(x):
+    """Plain YAML-safe types, floats rounded to 6 digits."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (float, np.floating)):
+        return round(float(x), 6)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, str):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_round(v) for v in x]
+    return x
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.tiny:
+        defaults = _parser().parse_args([])
+        for k, v in TINY.items():
+            if getattr(args, k) == getattr(defaults, k):
+                setattr(args, k, v)
+    if args.image_size < 36:
+        print("wsa build-bundle: --image-size must be at least 36 (Nature CNN)", file=sys.stderr)
+        return 2
+    build(args, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--encoders", default="1,2,3,4")
     ap.add_argument("--sizes", default="84,128")
     ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--providers", default="tensorrt,cuda,cpu")
     ap.add_argument("--bundle", default="", help="bundle for the last line (default: shipped models/default)")
@@ -113,9 +114,14 @@ def main(argv=None) -> int:
                 r = eng.step({"front": frame}, prop)
                 a_e, _ = eager_step(encs, policy, frame, prop)
                 assert np.allclose(a_e[0], r.action_norm, rtol=1e-3, atol=1e-4), "ORT and eager disagree"
-                ort_t = _time(lambda: eng.step({"front": frame}, prop), args.iters)
-                eag_t = _time(lambda: eager_step(encs, policy, frame, prop), args.iters)
-                alone = sum(_stats(_time(fn, args.iters))[0] for fn in eng.stage_runners().values())
+                # interleave the three measurements in rounds so drifting machine load hits all alike
+                ort_t, eag_t, alone_rounds = [], [], []
+                per = max(1, args.iters // args.rounds)
+                for _ in range(args.rounds):
+                    ort_t += _time(lambda: eng.step({"front": frame}, prop), per, warm=5)
+                    eag_t += _time(lambda: eager_step(encs, policy, frame, prop), per, warm=5)
+                    alone_rounds.append(sum(_stats(_time(fn, per, warm=5))[0] for fn in eng.stage_runners().values()))
+                alone = float(np.median(alone_rounds))
                 (om, op), (em, ep) = _stats(ort_t), _stats(eag_t)
                 rows.append((n, size, om, op, em, ep, em / om, alone, om / alone))
                 print(f"{n:>8} {size:>5} | {om:>10.3f} / {op:>9.3f} | {em:>8.3f} / {ep:>8.3f} | "
@@ -127,8 +133,12 @@ def main(argv=None) -> int:
         frames = {c: rng.integers(0, 256, (e.input.height, e.input.width, 3), dtype=np.uint8)
                   for c in b.cameras for e in b.encoders if e.camera == c}
         prop = np.asarray(b.proprio.mean) if b.proprio else None
-        ts = _time(lambda: eng.step(frames, prop), args.iters)
-        alone = sum(_stats(_time(fn, args.iters))[0] for fn in eng.stage_runners().values())
+        ts, alone_rounds = [], []
+        per = max(1, args.iters // args.rounds)
+        for _ in range(args.rounds):
+            ts += _time(lambda: eng.step(frames, prop), per, warm=5)
+            alone_rounds.append(sum(_stats(_time(fn, per, warm=5))[0] for fn in eng.stage_runners().values()))
+        alone = float(np.median(alone_rounds))
         m, p = _stats(ts)
         print(f"default bundle {b.name} v{b.version} ({len(b.encoders)} encoders, {eng.provider}): "
               f"full step {m:.3f} ms median, {p:.3f} ms p99; sessions alone sum {alone:.3f} ms; "

@@ -416,7 +416,8 @@ def main(argv=None) -> int:
 
             if importlib.util.find_spec("pyarrow") is None:
                 raise EvalError("--format parquet needs pyarrow (pip install pyarrow); use --format csv")
-        engine = Engine(bundle, providers=providers, threads=cfg.intra_op_threads)
+        # chained sessions: per-stage latency (preprocess, each encoder, policy) for every step
+        engine = Engine(bundle, providers=providers, threads=cfg.intra_op_threads, fuse=False)
         out = Path(args.out or f"eval_{Path(args.bag).name}")
         out.mkdir(parents=True, exist_ok=True)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"[eval-bag] {s}", file=sys.stderr, flush=True))

@@ -84,6 +84,20 @@ def build_proprio(spec: ProprioSpec, names, position=None, velocity=None, effort
     return out
 
 
+def preprocess(frames, spec: EncoderSpec) -> np.ndarray:
+    """Camera frames (one uint8 HxWx3 RGB / HxW mono frame, or a batch [N, H, W(, 3)]) -> the
+    encoder's ONNX input [N, ...]. The one preprocessing path: the engine's step, encoder
+    training and screening all use it, so frames are prepared identically everywhere."""
+    x = np.asarray(frames)
+    single = x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 3)
+    batch = x[None] if single else x
+    out = np.zeros(spec.input.shape(len(batch)), dtype=np.uint8 if spec.input.dtype == "uint8" else np.float32)
+    for i, img in enumerate(batch):
+        img = Engine._check_frame(spec.camera, img)
+        Engine._fill(spec, out[i:i + 1], Engine._resize(img, spec.input.height, spec.input.width))
+    return out
+
+
 def _ort():
     import onnxruntime as ort
 

@@ -214,11 +214,9 @@ def bundle_candidates(path: str, threads: int = 1) -> list[Candidate]:
 
 def prepare(spec: EncoderSpec, rgb: np.ndarray) -> np.ndarray:
     """A frame -> the encoder's input tensor [1, ...], by the engine's own preprocessing."""
-    from .engine import Engine
+    from .engine import preprocess
 
-    buf = np.zeros(spec.input.shape(1), dtype=np.uint8 if spec.input.dtype == "uint8" else np.float32)
-    Engine._fill(spec, buf, Engine._resize(Engine._check_frame(spec.name, rgb), spec.input.height, spec.input.width))
-    return buf
+    return preprocess(rgb, spec)
 
 
 # --------------------------------------------------------------------------- data

@@ -498,32 +498,17 @@ def import_onnx_encoder(
 
 
 def prepare_images(frames: np.ndarray, input: InputSpec) -> np.ndarray:
-    """Camera frames (uint8 [N, H, W, 3] RGB, or one HxWx3 frame) -> the encoder's ONNX input:
-    resized to the input size (cv2 INTER_AREA) if needed, colour converted, and for float32
-    inputs ``(pixel * scale - mean) / std`` in the stated layout."""
-    x = np.asarray(frames)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {x.dtype} {list(x.shape)}")
-    if x.shape[1:3] != (input.height, input.width):
-        import cv2
+    """Camera frames (uint8 [N, H, W, 3] RGB, or one HxWx3 frame) -> the encoder's ONNX input,
+    through the engine's own preprocessing (``wsa_ros.engine.preprocess``), so encoders are
+    trained and screened on exactly what the live agent feeds them."""
+    from ..bundle import EncoderSpec
+    from ..engine import preprocess
 
-        x = np.stack([cv2.resize(f, (input.width, input.height), interpolation=cv2.INTER_AREA) for f in x])
-    if input.color == "bgr":
-        x = x[..., ::-1]
-    elif input.color == "gray":
-        x = np.round(x @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None]
-    if input.dtype == "uint8":
-        out = np.ascontiguousarray(x)
-    else:
-        c = x.shape[-1]
-        mean = np.asarray(input.mean[:c], dtype=np.float32)
-        std = np.asarray(input.std[:c], dtype=np.float32)
-        out = (x.astype(np.float32) * np.float32(input.scale) - mean) / std
-    if input.layout == "nchw":
-        out = out.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(out)
+    x = np.asarray(frames)
+    if x.dtype != np.uint8 or not (x.ndim == 4 and x.shape[-1] == 3 or x.ndim == 3 and x.shape[-1] == 3):
+        raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {x.dtype} {list(x.shape)}")
+    spec = EncoderSpec(name="input", file="", sha256="", camera="input", input=input, output_shape=[1])
+    return preprocess(x, spec)
 
 
 def onnx_embed(

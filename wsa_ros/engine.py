@@ -297,11 +297,11 @@ class Engine:
     def _merge_graphs(self) -> bytes | None:
         """Every encoder graph (names prefixed ``e<i>/``) wired into the policy graph; None
         (with a log line) when the graphs cannot be merged, e.g. different opsets."""
-        import onnx
-        from onnx import compose
-
         b = self.bundle
         try:
+            import onnx  # optional at run time: without it the chained sessions run
+            from onnx import compose
+
             pol = onnx.load(str(b.path(b.policy.file)))
             merged = None
             io_map = []

@@ -27,7 +27,8 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         *tree("models"),
     ],
-    install_requires=["setuptools", "numpy", "pyyaml", "onnxruntime"],
+    # onnxruntime is not listed: robots install onnxruntime-gpu (or NVIDIA's Jetson build) instead
+    install_requires=["setuptools", "numpy", "pyyaml"],
     zip_safe=False,
     maintainer="wsa_ros developers",
     maintainer_email="wsa-ros@example.com",

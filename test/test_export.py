@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from wsa_ros.engine import Engine
 from wsa_ros.bundle import BundleError, InputSpec, load_bundle, write_manifest
 from wsa_ros.model.encoders import (
     ConvAutoencoder,
@@ -19,7 +20,6 @@ from wsa_ros.model.encoders import (
 )
 from wsa_ros.model.export import (
     EncoderSource,
-    OrtPolicy,
     add_encoder_to_bundle,
     export_bundle,
     load_policy_module,
@@ -176,9 +176,10 @@ def test_bundle_with_imported_backbone_runs_end_to_end(make_bundle):
     b = load_bundle(make_bundle(imported=True))
     imp = next(e for e in b.encoders if e.name == "imp")
     assert imp.input.dtype == "float32" and imp.input.layout == "nchw" and imp.source == "stand-in backbone"
-    runner = OrtPolicy(b)
+    eng = Engine(b, providers=["cpu"])
     frames = np.random.default_rng(0).integers(0, 256, (2, 50, 60, 3), dtype=np.uint8)
-    joint, a, alpha = runner.act({"front": frames}, np.zeros((2, 4)))
+    a, alpha = eng.act(eng.embed_batch({"front": frames}), np.zeros((2, 4)))
+    joint = eng.scale_action(a)
     assert joint.shape == (2, 2) and alpha.shape == (2, 3)
     np.testing.assert_allclose(alpha.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(joint, -3 + (a.astype(np.float64) + 1) / 2 * 6, rtol=1e-5, atol=1e-6)
@@ -266,5 +267,5 @@ def test_build_default_tiny_produces_a_valid_bundle(tmp_path):
     a_t, al_t, a_o, al_o = _torch_vs_ort(b)
     assert _rel_err(a_t, a_o) <= RTOL and _rel_err(al_t, al_o) <= RTOL
     frame = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
-    joint, _, alpha = OrtPolicy(b).act({"front": frame}, np.zeros(4))
-    assert np.all(np.abs(joint) <= 3.0) and abs(alpha.sum() - 1) < 1e-5
+    r = Engine(b, providers=["cpu"]).step({"front": frame}, np.zeros(4))
+    assert np.all(np.abs(r.action) <= 3.0) and abs(r.alpha.sum() - 1) < 1e-5

@@ -462,6 +462,16 @@ class Engine:
             out[e.name] = v.numpy().copy()
         return out
 
+    def embed_batch(self, images: dict) -> dict[str, np.ndarray]:
+        """Run only the encoders on a batch: {camera: uint8 [N, H, W, 3] or one frame} ->
+        {encoder name: [N, *output_shape]} (for learners, tools and offline evaluation)."""
+        out = {}
+        for e, s in zip(self.bundle.encoders, self._enc_sessions):
+            if e.camera not in images:
+                raise EngineError(f"no frames for camera '{e.camera}' (the bundle reads {self.cameras})")
+            out[e.name] = s.run([e.onnx_output], {e.onnx_input: preprocess(images[e.camera], e)})[0]
+        return out
+
     def act(self, embeddings: dict[str, np.ndarray], proprio=None) -> tuple[np.ndarray, np.ndarray]:
         """Run only the fusion-and-actor session on given embeddings (batch of any size);
         returns (action_norm [B, A], alpha [B, K])."""

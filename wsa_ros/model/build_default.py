@@ -220,10 +220,10 @@ def _rollout(sim, sessions, specs, policy, pnorm, episodes, seed_base, collect_l
 
 def evaluate_bundle(bundle, episodes: int, seed: int, image_size: int, max_steps: int, threads: int = 1) -> dict:
     """Success of the exported bundle (through ONNX Runtime) and of the expert on the same episodes."""
-    from wsa_ros.model.export import OrtPolicy
+    from wsa_ros.engine import Engine
     from wsa_ros.sim.reacher import ReacherSim, expert_action
 
-    runner = OrtPolicy(bundle, threads=threads)
+    engine = Engine(bundle, providers=["cpu"], threads=threads)  # the agent's own runtime path
     cam = bundle.cameras[0]
     res = {}
     for who in ("policy", "expert"):
@@ -235,9 +235,9 @@ def evaluate_bundle(bundle, episodes: int, seed: int, image_size: int, max_steps
                 for _ in range(max_steps):
                     if who == "policy":
                         p = np.concatenate([obs["position"], obs["velocity"]])
-                        a, _, alpha = runner.act({cam: obs["image"]}, p)
-                        alphas.append(alpha[0])
-                        a = a[0]
+                        r = engine.step({cam: obs["image"]}, p)
+                        alphas.append(r.alpha)
+                        a = r.action
                     else:
                         a = expert_action(sim)
                     obs, _, _, truncated, info = sim.step(a)

@@ -4,8 +4,8 @@
 ``out_dir``) and checks the exported policy against PyTorch with ONNX Runtime;
 ``load_policy_module`` rebuilds the trainable ``FusionPolicy`` from a bundle for fine-tuning;
 ``add_encoder_to_bundle`` / ``remove_encoder_from_bundle`` derive a new bundle that reuses the
-trained shared scorer, adapters and heads. ``OrtPolicy`` is a small reference runner of a
-bundle through ONNX Runtime (used for evaluation in ``build_default`` and in tests).
+trained shared scorer, adapters and heads. Bundles run through
+``wsa_ros.engine.Engine``, the agent's own runtime.
 
 Policy ONNX: inputs ``emb_<name>`` ``[B, *output_shape]`` for every encoder in manifest order
 (context encoders and encoders a baseline ignores included), then ``proprio`` ``[B, P]``;
@@ -42,7 +42,6 @@ from wsa_ros.model.encoders import (
     OPSET,
     export_encoder_onnx,
     import_onnx_encoder,
-    onnx_embed,
     ort_session,
 )
 from wsa_ros.model.wsa import FusionPolicy, PolicyExport
@@ -359,49 +358,8 @@ def remove_encoder_from_bundle(
     )
 
 
-class OrtPolicy:
-    """Reference runner of a bundle through ONNX Runtime (CPU): frames -> encoders -> policy.
-    ``act(images, proprio)`` with ``images`` {camera: uint8 [N,H,W,3] or HxWx3 RGB} and the raw
-    proprio vector (normalised here with the manifest mean/std) returns
-    (action in joint units [N, A], action in [-1, 1], alpha [N, K])."""
-
-    def __init__(self, bundle: Bundle | str | os.PathLike, threads: int = 1):
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        b = self.bundle
-        self.encoders = {e.name: (e, ort_session(b.path(e.file), threads)) for e in b.encoders}
-        self.policy = ort_session(b.path(b.policy.file), threads)
-        self.low = np.asarray(b.action.low, dtype=np.float64)
-        self.high = np.asarray(b.action.high, dtype=np.float64)
-
-    def embed(self, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for name, (spec, sess) in self.encoders.items():
-            if spec.camera not in images:
-                raise KeyError(f"no image for camera '{spec.camera}' (encoder '{name}')")
-            out[name] = onnx_embed(sess, images[spec.camera], spec.input, input_name=spec.onnx_input, output_name=spec.onnx_output)
-        return out
-
-    def act_embeddings(self, embs: dict[str, np.ndarray], proprio: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        b = self.bundle
-        feed = {f"emb_{n}": np.ascontiguousarray(v, dtype=np.float32) for n, v in embs.items()}
-        if b.proprio is not None:
-            if proprio is None:
-                raise ValueError("this bundle needs proprio")
-            p = np.atleast_2d(np.asarray(proprio, dtype=np.float64))
-            p = (p - np.asarray(b.proprio.mean)) / np.asarray(b.proprio.std)
-            feed["proprio"] = p.astype(np.float32)
-        a, alpha = self.policy.run(["action", "alpha"], feed)
-        return a, alpha
-
-    def act(self, images: dict[str, np.ndarray], proprio: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        a, alpha = self.act_embeddings(self.embed(images), proprio)
-        joint = self.low + (a.astype(np.float64) + 1.0) / 2.0 * (self.high - self.low)
-        return joint, a, alpha
-
-
 __all__ = [
     "EncoderSource",
-    "OrtPolicy",
     "add_encoder_to_bundle",
     "check_policy_matches",
     "compare_policy_with_onnx",

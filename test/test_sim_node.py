@@ -94,19 +94,24 @@ def test_same_seed_same_images_and_joint_states_across_processes(tmp_path):
             start_sim(ch, seed=seed, **common)
             sessions[dom] = RosSession(f"probe{dom}", dom)
             probes[dom] = SimProbe(sessions[dom])
-        horizon = 160 * DT_NS  # 16 episodes of 10 steps (+1 reset tick each)
+        need = 60  # steps seen by both compared processes (best-effort QoS may drop some)
+
+        def common(x, y, joints=True):
+            keys = set(x.images) & set(y.images)
+            return keys & set(x.joints) & set(y.joints) if joints else keys
 
         def done():
-            return all(p.joints and max(p.joints) >= horizon and p.images and max(p.images) >= horizon
-                       for p in probes.values())
+            a_, b_, c_ = probes[81], probes[82], probes[83]
+            return len(common(a_, b_)) >= need and len(common(a_, c_, joints=False)) >= need
 
-        end = time.monotonic() + 40.0
+        end = time.monotonic() + 60.0
         while not done():
             for ch in kids:
                 assert not ch.dead(), f"sim exited early:\n{ch.items[0].tail()}"
-            assert time.monotonic() < end, "sims did not publish 160 steps within 40 s"
+            assert time.monotonic() < end, f"fewer than {need} common steps within 60 s"
             for s in sessions.values():
                 s.executor.spin_once(timeout_sec=0.01)
+        horizon = max(max(p.images) for p in probes.values())
     finally:
         for s in sessions.values():
             s.close()

@@ -308,6 +308,14 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
         acted = {k for _, k in recs}
         assert t_back - t_kill > 5.0 and gaps.max() < 1.0, (t_back - t_kill, gaps.max())
         assert sum(k in acted for k in sent) >= 0.8 * len(sent), (len(sent), len(acted))
+
+        def stored(st):
+            return st["store"]["stored"] + st["store"]["pending"]
+
+        # the restarted learner takes new transitions (the checks below need a run of them)
+        n0 = stored(st2)
+        wait_for(lambda: (lambda s: s is not None and stored(s) >= n0 + 15)(status()), 30,
+                 "new transitions after the restart")
         time.sleep(1.0)
         final = status()
     finally:

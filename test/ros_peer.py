@@ -36,6 +36,20 @@ def ros_env(domain_id: int) -> dict:
     return env
 
 
+def stop_child(proc, log, timeout: float) -> int | None:
+    """SIGINT a node process, SIGKILL it after ``timeout`` s, close its log; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if not log.closed:
+        log.close()
+    return proc.returncode
+
+
 class AgentProcess:
     """``agent_node`` in a child process. ``params`` become a ROS parameter file."""
 
@@ -71,16 +85,7 @@ class AgentProcess:
         return self.proc.wait(timeout=timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
+        return stop_child(self.proc, self._log, timeout)
 
     def __enter__(self):
         return self

@@ -26,7 +26,7 @@ import yaml
 
 pytest.importorskip("rclpy")
 
-from ros_peer import AgentProcess, Peer, rgb_frame, ros_env, stamp_key, wait_for  # noqa: E402
+from ros_peer import AgentProcess, Peer, rgb_frame, ros_env, stamp_key, stop_child, wait_for  # noqa: E402
 
 from wsa_ros.bundle import load_bundle  # noqa: E402
 from wsa_ros.learn.store import ReplayStore  # noqa: E402
@@ -63,16 +63,7 @@ class FinetuneProcess:
         self._log.close()
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
+        return stop_child(self.proc, self._log, 30)
 
 
 class Environment:

@@ -26,7 +26,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def _build(root: Path, fusion="wsa", normalization="softmax", proprio=True, action_dim=2, two_cameras=False,
-           imported=False, seed=0, name="tiny", version="1", **head):
+           imported=False, seed=0, name="tiny", version="1", action_mode="velocity", **head):
     import torch
 
     from wsa_ros.bundle import ActionSpec, InputSpec, ProprioSpec
@@ -54,7 +54,10 @@ def _build(root: Path, fusion="wsa", normalization="softmax", proprio=True, acti
             export_encoder_onnx(net, stand_in, spec)
             srcs.append(import_onnx_encoder(stand_in, spec, "imp", "front", source="stand-in backbone"))
     joints = [f"joint{i}" for i in range(action_dim)]
-    action = ActionSpec("velocity", joints, [-3.0] * action_dim, [3.0] * action_dim, "rad/s")
+    if action_mode == "position":
+        action = ActionSpec("position", joints, [-1.0] * action_dim, [1.0] * action_dim, "rad")
+    else:
+        action = ActionSpec("velocity", joints, [-3.0] * action_dim, [3.0] * action_dim, "rad/s")
     pspec = None
     if proprio:
         pspec = ProprioSpec(joints, ["position", "velocity"], [0.0] * (2 * action_dim),

@@ -177,6 +177,60 @@ def test_output_modes_compressed_and_bgr_inputs(tiny_bundle, engine1):
         assert [cmd.twist.linear.z, cmd.twist.angular.x, cmd.twist.angular.y, cmd.twist.angular.z] == [0.0] * 4
 
 
+def test_position_mode_joint_trajectory_rate_limited_and_holds_the_pose(make_bundle):
+    """A position bundle through joint_trajectory_controller's message: positions only,
+    the policy's targets clamped to the bounds and moved towards at most max_rate per
+    second from the measured pose; when the camera stops, the stop command holds the pose
+    measured when the stop began."""
+    bundle = make_bundle(name="pos", version="p1", action_mode="position", seed=3)
+    eng = Engine(bundle, providers=["cpu"])
+    max_rate = 0.6  # rad/s: at 30 Hz at most 0.02 rad per tick
+    pose = [0.1, -0.2]
+    params = base_params(bundle, output_mode="joint_trajectory", command_topic="/pos/cmd", max_rate=max_rate,
+                         start_enabled=True)
+    with AgentProcess(28, params) as agent, \
+            Peer(28, command_topic="/pos/cmd", command_type="joint_trajectory") as peer:
+        peer.publisher(CAM, "image")
+        peer.publisher(JS, "joints")
+        start(peer, agent, [CAM, JS])
+        st = Streamer(peer, [CAM], JS, 30.0, joint_pos=pose).start()
+        try:
+            wait_for(lambda: len(peer.snapshot("records")) >= 20, 30, "20 action records")
+            with st.pause():
+                st.cameras = False
+            wait_for(lambda: len(peer.snapshot("commands")) > len(peer.snapshot("records")) + 2, 5,
+                     "the watchdog's hold commands")
+        finally:
+            st.stop()
+        with peer.lock:
+            commands, src = list(peer.commands), list(peer.command_src)
+            records = list(peer.records)
+        assert agent.alive(), agent.output()
+    p = proprio(pose, [0.0, 0.0])
+    prev, prev_t = np.array(pose), None
+    for k, ((_, rec), (_, cmd), t_src) in enumerate(zip(records, commands, src)):
+        want = eng.step({"front": st.frames[stamp_key(rec.header.stamp)][0]}, p)
+        np.testing.assert_allclose(rec.effort, want.action, rtol=0, atol=1e-9)  # the policy's target, rad
+        assert list(cmd.joint_names) == JOINTS and len(cmd.points) == 1
+        pt = cmd.points[0]
+        assert list(pt.velocities) == [] and len(pt.positions) == 2  # position bundle: positions only
+        np.testing.assert_allclose(pt.positions, rec.position, atol=1e-12)
+        target = np.clip(want.action, -1.0, 1.0)
+        step = np.asarray(pt.positions) - prev
+        # towards the target, never past it, at most max_rate x the time since the last command
+        # (the agent's clock read just before publishing; the DDS source stamp bounds it)
+        dt = 1.0 / 30 if prev_t is None else (t_src - prev_t) * 1e-9
+        assert np.all(np.abs(step) <= max_rate * dt * 1.2 + 2e-3), (k, step, dt)
+        assert np.all(np.abs(np.asarray(pt.positions) - target) <= np.abs(prev - target) + 1e-9), k
+        prev, prev_t = np.asarray(pt.positions), t_src
+    last_target = np.clip(np.asarray(records[-1][1].effort), -1.0, 1.0)
+    moved = np.max(np.abs(np.asarray(records[-1][1].position) - np.array(pose)))
+    assert moved > min(0.1, 0.5 * np.max(np.abs(last_target - np.array(pose)))), "the arm never moved"
+    # after the camera stopped: hold the measured pose (not the last command, not zeros)
+    holds = [np.asarray(c.points[0].positions) for _, c in commands[len(records):]]
+    assert holds and all(np.allclose(h, pose, atol=1e-12) for h in holds), holds[:3]
+
+
 # =============================================================================== watchdog, e-stop
 def _zeros(cmd) -> bool:
     return all(v == 0.0 for v in cmd.data)

@@ -175,11 +175,35 @@ def test_sync_rule_frame_trigger(tmp_path):
 def test_sync_rule_rate_trigger(tmp_path):
     from wsa_ros.observation import iter_observations
 
-    obs = list(iter_observations(_sync_bag(tmp_path), {"front": "/cam"}, "/joints", trigger="rate", rate_hz=100))
+    bag = _sync_bag(tmp_path)
     ms = 1_000_000
-    # ticks every 10 ms from the first message (t=0); t=0 has no frame yet
-    assert [o.time_ns - T0 for o in obs] == [10 * ms, 20 * ms, 30 * ms]
-    assert [(int(o.images()["front"][0, 0, 0]), float(o.joints.position[0])) for o in obs] == [(0, 1.0), (1, 2.0), (1, 3.0)]
+    pairs = {}
+    for rule in ("stamp", "newest"):
+        obs = list(iter_observations(bag, {"front": "/cam"}, "/joints", trigger="rate", rate_hz=100, joint_sync=rule))
+        # ticks every 10 ms from the first message (t=0); t=0 has no frame yet
+        assert [o.time_ns - T0 for o in obs] == [10 * ms, 20 * ms, 30 * ms]
+        pairs[rule] = [(int(o.images()["front"][0, 0, 0]), float(o.joints.position[0])) for o in obs]
+    # stamp: the joint state taken at or before each frame's stamp (frame 0 at 5 ms -> joint 0,
+    # frame 1 at 20 ms -> joint 2, also at the 30 ms tick); newest: whatever came last
+    assert pairs["stamp"] == [(0, 0.0), (1, 2.0), (1, 2.0)]
+    assert pairs["newest"] == [(0, 1.0), (1, 2.0), (1, 3.0)]
+
+
+def test_pick_joints_by_stamp_whatever_the_arrival_order():
+    from types import SimpleNamespace as NS
+
+    from wsa_ros.observation import pick_joints
+
+    # arrival order 10, 30, 20 (a late delivery), 40
+    hist = [NS(stamp_ns=10), NS(stamp_ns=30), NS(stamp_ns=20), NS(stamp_ns=40)]
+    assert pick_joints(hist, 25).stamp_ns == 20
+    assert pick_joints(hist, 30).stamp_ns == 30  # at the frame's stamp counts
+    assert pick_joints(hist, 99).stamp_ns == 40
+    assert pick_joints(hist, 5).stamp_ns == 10  # all newer than the frame: the closest
+    assert pick_joints(hist, 25, "newest").stamp_ns == 40
+    assert pick_joints([], 25) is None
+    with pytest.raises(ValueError, match="joint_sync 'nearest' is not one of"):
+        pick_joints(hist, 25, "nearest")
 
 
 def test_latest_samples_slots():

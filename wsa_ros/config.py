@@ -70,6 +70,12 @@ class AgentConfig:
         "timer: act every 1/control_rate_hz on the newest frame and joint state (fixed cadence); "
         "camera: act as soon as a new frame of the first camera arrives (lowest latency; the timer "
         "then only runs the watchdog).", choices=("timer", "camera"))
+    joint_sync: str = param(
+        "stamp",
+        "Which received joint state goes with a frame. stamp: the newest whose header stamp is at "
+        "or before the frame's (the arm's pose when the image was taken; replaying a bag gives the "
+        "same pairs as eval-bag whatever the delivery order); newest: the newest received.",
+        choices=("stamp", "newest"))
     blend_in_s: float = param(
         0.5, "After enabling, fade the command in from the stop command (measured pose / zero "
         "velocity) over this many seconds; 0 disables.", 0.0, 60.0)

@@ -1,7 +1,8 @@
 """``wsa eval-bag BAG``: run a model bundle over a recorded bag offline, without DDS.
 
 The observations are built by the live agent's rule (:mod:`wsa_ros.observation`: newest
-frame per camera and newest joint state at or before each step, frames decoded by
+frame per camera at or before each step, the joint state paired with it by the agent's
+``joint_sync`` rule (default: newest header stamp at or before the frame's), frames decoded by
 :mod:`wsa_ros.images`) and acted on by the same :class:`wsa_ros.engine.Engine`, so a bag
 replayed into the agent node and the same bag evaluated here give the same actions.
 
@@ -140,7 +141,8 @@ def check_inputs(bag, bundle, camera_topics: list[str], joint_topic: str | None,
 
 
 def evaluate(bag, engine, camera_topics: list[str], joint_topic: str | None, command_topic: str | None = None,
-             trigger: str = "frame", rate_hz: float = 30.0, max_steps: int = 0, progress=None) -> EvalResult:
+             trigger: str = "frame", rate_hz: float = 30.0, max_steps: int = 0, progress=None,
+             joint_sync: str = "stamp") -> EvalResult:
     """Run ``engine`` over ``bag``; see the module doc. ``command_topic`` None or missing
     from the bag: no comparison."""
     b = engine.bundle
@@ -162,7 +164,7 @@ def evaluate(bag, engine, camera_topics: list[str], joint_topic: str | None, com
 
     obs_iter = iter_observations(
         bag, cams, joint_topic if b.proprio else None, trigger=trigger, rate_hz=rate_hz,
-        extra_topics=[cmd_topic] if cmd_topic else (), on_extra=on_command)
+        extra_topics=[cmd_topic] if cmd_topic else (), on_extra=on_command, joint_sync=joint_sync)
     for obs in obs_iter:
         t0 = time.perf_counter()
         try:
@@ -386,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a step at every frame of the first camera, or at --rate-hz of bag time (default: as the "
                          "agent config's trigger: camera -> frame, timer -> rate)")
     ap.add_argument("--rate-hz", type=float, default=None, help="for --trigger rate (default: control_rate_hz)")
+    ap.add_argument("--joint-sync", choices=("stamp", "newest"), default=None,
+                    help="which joint state goes with a frame (default: the agent config's joint_sync)")
     ap.add_argument("--out", default=None, help="output folder (default eval_<bag name>)")
     ap.add_argument("--format", choices=("csv", "parquet"), default="csv")
     ap.add_argument("--max-steps", type=int, default=0)
@@ -423,7 +427,7 @@ def main(argv=None) -> int:
         log = (lambda s: None) if args.quiet else (lambda s: print(f"[eval-bag] {s}", file=sys.stderr, flush=True))
         log(f"bundle {engine.bundle.name} {engine.version} on {engine.provider}; bag {args.bag}")
         res = evaluate(args.bag, engine, cam_topics, joint_topic, cmd_topic, trigger, rate, args.max_steps,
-                       progress=lambda n: log(f"{n} steps"))
+                       progress=lambda n: log(f"{n} steps"), joint_sync=args.joint_sync or cfg.joint_sync)
         if not res.rows:
             why = "; ".join(f"{n} × {k}" for k, n in res.skipped.items()) or "no observation was complete"
             raise EvalError(f"{args.bag}: no step could be evaluated ({why})")

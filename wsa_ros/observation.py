@@ -1,10 +1,16 @@
 """Observation building, ROS-free: the one rule the live agent and the offline tools share.
 
-**Sync rule.** An observation at time ``t`` is the newest frame of every camera and the
-newest joint state received *at or before* ``t``. Live, ``t`` is the control tick and
-"received" is the arrival time; offline, ``t`` is a bag time and "received" is the bag's
-record timestamp (which ``ros2 bag record`` sets to the arrival time), so a bag replayed
-into the agent and the same bag evaluated offline build the same observations.
+**Sync rule.** An observation at time ``t`` is the newest frame of every camera
+received *at or before* ``t``, and, among the joint states received at or before ``t``,
+the one :func:`pick_joints` selects for the first camera's frame: with ``joint_sync:
+stamp`` (default) the newest whose header stamp is at or before the frame's stamp (the
+arm's pose when the image was taken), with ``newest`` simply the newest. Live, ``t`` is
+the control tick and "received" is the arrival time; offline, ``t`` is a bag time and
+"received" is the bag's record timestamp (which ``ros2 bag record`` sets to the arrival
+time). Pairing by stamp makes a bag replayed into the agent and the same bag evaluated
+offline build the same observations even when DDS delivers a joint state after the
+frame of a later step, or the agent's executor takes a frame before a joint state that
+arrived first.
 
 Live use (the agent node: callback -> latest-sample slot -> control tick)::
 
@@ -21,6 +27,7 @@ them) with :mod:`wsa_ros.images`; the decoded frame is cached on the sample.
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -89,6 +96,33 @@ class JointSample:
                    f(msg.effort))
 
 
+#: joint states kept for pairing by stamp (at 1 kHz joint states: 64 ms of history)
+JOINT_HISTORY = 64
+JOINT_SYNC_RULES = ("stamp", "newest")
+
+
+def pick_joints(history: Sequence, frame_stamp_ns: int, rule: str = "stamp"):
+    """The joint state (any object with ``stamp_ns``) that goes with a frame stamped
+    ``frame_stamp_ns``, from ``history`` in arrival order (oldest first). ``stamp``: the
+    newest by header stamp among those stamped at or before the frame; when every one is
+    newer than the frame, the oldest stamp (the closest). ``newest``: the last received.
+    None for an empty history."""
+    if not history:
+        return None
+    if rule == "newest":
+        return history[-1]
+    if rule != "stamp":
+        raise ValueError(f"joint_sync '{rule}' is not one of {JOINT_SYNC_RULES}")
+    best = None
+    oldest = None
+    for j in history:
+        if j.stamp_ns <= frame_stamp_ns and (best is None or j.stamp_ns >= best.stamp_ns):
+            best = j
+        if oldest is None or j.stamp_ns < oldest.stamp_ns:
+            oldest = j
+    return best if best is not None else oldest
+
+
 @dataclass
 class Observation:
     time_ns: int
@@ -133,11 +167,15 @@ class Observation:
 class LatestSamples:
     """Latest-sample slots: the newest frame per camera and the newest joint state."""
 
-    def __init__(self, cameras: Sequence[str], need_joints: bool = True):
+    def __init__(self, cameras: Sequence[str], need_joints: bool = True, joint_sync: str = "stamp"):
+        if joint_sync not in JOINT_SYNC_RULES:
+            raise ValueError(f"joint_sync '{joint_sync}' is not one of {JOINT_SYNC_RULES}")
         self.cameras = list(cameras)
         self.need_joints = bool(need_joints)
+        self.joint_sync = joint_sync
         self.frames: dict[str, FrameSample] = {}
-        self.joints: JointSample | None = None
+        self.joints: JointSample | None = None  # the newest received
+        self.joint_history: collections.deque = collections.deque(maxlen=JOINT_HISTORY)
 
     def put_frame(self, camera: str, sample: FrameSample) -> None:
         if camera not in self.cameras:
@@ -146,6 +184,7 @@ class LatestSamples:
 
     def put_joints(self, sample: JointSample) -> None:
         self.joints = sample
+        self.joint_history.append(sample)
 
     def missing(self) -> list[str]:
         out = [f"camera '{c}'" for c in self.cameras if c not in self.frames]
@@ -157,8 +196,10 @@ class LatestSamples:
         """The observation at ``time_ns``, or None while a slot is still empty."""
         if self.missing():
             return None
-        return Observation(int(time_ns), {c: self.frames[c] for c in self.cameras},
-                           self.joints if self.need_joints else None)
+        joints = None
+        if self.need_joints:
+            joints = pick_joints(self.joint_history, self.frames[self.cameras[0]].stamp_ns, self.joint_sync)
+        return Observation(int(time_ns), {c: self.frames[c] for c in self.cameras}, joints)
 
 
 # --------------------------------------------------------------------------- offline
@@ -173,6 +214,7 @@ def iter_observations(
     on_extra=None,
     start_ns: int | None = None,
     stop_ns: int | None = None,
+    joint_sync: str = "stamp",
 ) -> Iterator[Observation]:
     """Observations from a bag by the sync rule.
 
@@ -182,7 +224,8 @@ def iter_observations(
     first camera), taken at that frame's bag time; ``rate`` = one per control period
     ``1/rate_hz`` of bag time, from the bag's first message. All messages with a bag time
     at or before the trigger time are in the slots, including ones recorded later with the
-    same timestamp. Ticks before every slot has a sample are skipped.
+    same timestamp. Ticks before every slot has a sample are skipped. ``joint_sync``: the
+    agent's rule for which joint state goes with the frame (:func:`pick_joints`).
     ``extra_topics`` (e.g. recorded commands, rewards) are decoded and passed to
     ``on_extra(BagMessage)`` in bag order, interleaved correctly with the yields.
     """
@@ -201,7 +244,7 @@ def iter_observations(
     topic_cam = {t: c for c, t in camera_topics.items()}
     topics = list(camera_topics.values()) + ([joint_topic] if joint_topic else []) + [
         t for t in extra_topics if t not in camera_topics.values() and t != joint_topic]
-    slots = LatestSamples(cams, need_joints=joint_topic is not None)
+    slots = LatestSamples(cams, need_joints=joint_topic is not None, joint_sync=joint_sync)
     period = int(round(1e9 / rate_hz)) if trigger == "rate" else 0
     pending: list[int] = []  # trigger times waiting for all messages at that time
     next_tick: int | None = None

@@ -10,7 +10,10 @@ before a tick used it is counted as dropped; DDS-level losses are counted from t
 publication sequence numbers). Subscriptions use the sensor-data QoS (best effort,
 volatile) with depth 1. ``trigger: timer`` acts every 1/control_rate_hz on the newest
 samples; ``trigger: camera`` acts as soon as a frame of the first camera arrives (the
-timer then only runs the watchdog and repeats stop commands).
+timer then only runs the watchdog and repeats stop commands). The joint state that goes
+with the frame is chosen by ``joint_sync`` from the last few received
+(:func:`wsa_ros.observation.pick_joints`, the rule ``wsa eval-bag`` applies offline):
+``stamp`` = the newest stamped at or before the frame, ``newest`` = the last received.
 
 Threads: the control path (camera and joint subscriptions, the control timer, the
 command / record / alpha publishers) lives on a companion node ``<name>_rt`` spun by a
@@ -102,6 +105,7 @@ from .. import images
 from ..bundle import Bundle, BundleError, compatible_with, load_bundle
 from ..config import AgentConfig, ConfigError, resolve_bundle
 from ..engine import Engine, EngineError, PolicyOutputError, build_proprio
+from ..observation import JOINT_HISTORY, pick_joints
 from ..safety import State, Supervisor, SupervisorConfig
 from .params import check_change, declare_config
 
@@ -109,6 +113,7 @@ from .params import check_change, declare_config
 DYNAMIC = ("bundle", "max_rate", "max_obs_age_s", "blend_in_s", "log_throttle_s", "diagnostics_period_s")
 JOINT_STREAM = "joint states"
 WINDOW = 1000  # samples kept for median / p99
+JOINT_QUEUE = 10  # joint-state subscription depth (all stored for pairing by stamp)
 
 
 class AgentError(RuntimeError):
@@ -211,7 +216,8 @@ class AgentNode(Node):
 
         # ---------------------------------------------------------------- slots and stats
         self._frames: dict[str, FrameSlot | None] = {c: None for c in self._cameras}
-        self._joints: JointSlot | None = None
+        self._joints: JointSlot | None = None  # the newest: freshness, hold pose
+        self._joint_hist: collections.deque = collections.deque(maxlen=JOINT_HISTORY)  # pairing by stamp
         self._stats = {f"camera '{c}'": StreamStats(t) for c, t in zip(self._cameras, cfg.camera_topics)}
         self._stats[JOINT_STREAM] = StreamStats(cfg.joint_states_topic)
         self._step_times: collections.deque = collections.deque(maxlen=WINDOW)
@@ -242,15 +248,21 @@ class AgentNode(Node):
         sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                                 reliability=qos_profile_sensor_data.reliability,
                                 durability=qos_profile_sensor_data.durability)
-        self._subs = []
+        # joint states first: when a frame and a joint state are both waiting, the executor
+        # (which serves subscriptions in creation order) stores the joint state before the
+        # frame's tick runs; a short queue keeps every joint state for pairing by stamp
+        # (storing one is cheap; frames keep depth 1: the tick only ever sees the newest)
+        joint_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=JOINT_QUEUE,
+                               reliability=qos_profile_sensor_data.reliability,
+                               durability=qos_profile_sensor_data.durability)
+        self._subs = [rt.create_subscription(
+            JointState, self.resolve_topic_name(cfg.joint_states_topic), self._on_joints, joint_qos)]
         for i, (cam, topic) in enumerate(zip(self._cameras, cfg.camera_topics)):
             compressed = topic.rstrip("/").endswith("/compressed")
             triggers = cfg.trigger == "camera" and i == 0
             cb = (lambda msg, info, cam=cam, c=compressed, t=triggers: self._on_frame(cam, c, t, msg, info))
             self._subs.append(rt.create_subscription(
                 CompressedImage if compressed else Image, self.resolve_topic_name(topic), cb, sensor_qos))
-        self._subs.append(rt.create_subscription(
-            JointState, self.resolve_topic_name(cfg.joint_states_topic), self._on_joints, sensor_qos))
         self._subs.append(self.create_subscription(
             Bool, cfg.estop_topic, lambda msg: self._guarded("e-stop callback", self._on_estop, msg),
             QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=self._g_safety))
@@ -432,6 +444,7 @@ class AgentNode(Node):
         stamp = _stamp_ns(msg.header) or arrival_ns
         prev = self._joints
         self._joints = JointSlot(proprio, measured, stamp, arrival, (prev.serial + 1) if prev else 1)
+        self._joint_hist.append(self._joints)
         st.received += 1
 
     def _on_estop(self, msg: Bool) -> None:
@@ -514,6 +527,9 @@ class AgentNode(Node):
                 st.used += 1
                 st.last_serial_used = slot.serial
             imgs[cam] = slot.frame
+        # the joint state paired with the (first camera's) frame: cfg.joint_sync, the rule
+        # eval-bag applies offline (wsa_ros.observation.pick_joints)
+        joints = pick_joints(self._joint_hist, frames[self._cameras[0]].stamp_ns, self.cfg.joint_sync)
         jst = self._stats[JOINT_STREAM]
         if joints.serial > jst.last_serial_used:
             jst.used += 1

@@ -130,6 +130,8 @@ class Peer:
         self.lock = threading.Lock()
         self.commands: list[tuple[float, object]] = []  # (arrival monotonic, msg)
         self.command_src: list[int] = []  # DDS source timestamp (ns) of each command: when the agent sent it
+        self.command_rx: list[int] = []  # DDS reception timestamp (ns, system clock) of each command here
+        self.record_rx: list[int] = []  # the same for each action record
         self.records: list[tuple[float, object]] = []
         self.alphas: list[tuple[float, object]] = []
         self.diag: dict[str, str] = {}
@@ -188,9 +190,16 @@ class Peer:
             with self.lock:
                 self.commands.append((t, msg))
                 self.command_src.append(int(info["source_timestamp"]))
+                self.command_rx.append(int(info["received_timestamp"]))
+
+        def on_record(msg, info):
+            t = time.monotonic()
+            with self.lock:
+                self.records.append((t, msg))
+                self.record_rx.append(int(info["received_timestamp"]))
 
         self.cmd_sub = n.create_subscription(typ, command_topic, on_cmd, rel)
-        self.record_sub = n.create_subscription(JointState, f"{self.agent}/action_record", rec(self.records), rel)
+        self.record_sub = n.create_subscription(JointState, f"{self.agent}/action_record", on_record, rel)
         self.alpha_sub = n.create_subscription(Float32MultiArray, f"{self.agent}/alpha", rec(self.alphas), rel)
         self.diag_sub = n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
 

@@ -60,8 +60,9 @@ def engine1(tiny_bundle):
 
 
 # =============================================================================== values
-def test_actions_equal_engine_output_with_reordered_joints(tiny_bundle, engine1):
-    with AgentProcess(21, base_params(tiny_bundle)) as agent, Peer(21) as peer:
+@pytest.mark.parametrize("control_executor", ["waitset", "rclpy"])
+def test_actions_equal_engine_output_with_reordered_joints(tiny_bundle, engine1, control_executor):
+    with AgentProcess(21, base_params(tiny_bundle, control_executor=control_executor)) as agent, Peer(21) as peer:
         peer.publisher(CAM, "image")
         peer.publisher(JS, "joints")
         start(peer, agent, [CAM, JS])

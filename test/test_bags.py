@@ -189,21 +189,29 @@ def test_sync_rule_rate_trigger(tmp_path):
     assert pairs["newest"] == [(0, 1.0), (1, 2.0), (1, 3.0)]
 
 
-def test_pick_joints_by_stamp_whatever_the_arrival_order():
+def test_joint_history_pairs_by_stamp_whatever_the_arrival_order():
     from types import SimpleNamespace as NS
 
-    from wsa_ros.observation import pick_joints
+    from wsa_ros.observation import JointHistory
 
-    # arrival order 10, 30, 20 (a late delivery), 40
-    hist = [NS(stamp_ns=10), NS(stamp_ns=30), NS(stamp_ns=20), NS(stamp_ns=40)]
-    assert pick_joints(hist, 25).stamp_ns == 20
-    assert pick_joints(hist, 30).stamp_ns == 30  # at the frame's stamp counts
-    assert pick_joints(hist, 99).stamp_ns == 40
-    assert pick_joints(hist, 5).stamp_ns == 10  # all newer than the frame: the closest
-    assert pick_joints(hist, 25, "newest").stamp_ns == 40
-    assert pick_joints([], 25) is None
+    h = JointHistory()
+    assert h.pick(25) is None and h.newest is None
+    for t in (10, 30, 20, 40):  # 20 arrives late
+        h.append(NS(stamp_ns=t))
+    assert h.pick(25).stamp_ns == 20
+    assert h.pick(30).stamp_ns == 30  # at the frame's stamp counts
+    assert h.pick(99).stamp_ns == 40
+    assert h.pick(5).stamp_ns == 10  # all newer than the frame: the closest
+    assert h.pick(25, "newest").stamp_ns == 40 and h.newest.stamp_ns == 40
+    again = NS(stamp_ns=30)
+    h.append(again)  # the same stamp twice: the later arrival
+    assert h.pick(35) is again
+    small = JointHistory(maxlen=3)
+    for t in (10, 30, 20, 40):
+        small.append(NS(stamp_ns=t))
+    assert len(small) == 3 and small.pick(15).stamp_ns == 20  # 10 (the oldest stamp) was forgotten
     with pytest.raises(ValueError, match="joint_sync 'nearest' is not one of"):
-        pick_joints(hist, 25, "nearest")
+        h.pick(25, "nearest")
 
 
 def test_latest_samples_slots():

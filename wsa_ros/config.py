@@ -70,6 +70,11 @@ class AgentConfig:
         "timer: act every 1/control_rate_hz on the newest frame and joint state (fixed cadence); "
         "camera: act as soon as a new frame of the first camera arrives (lowest latency; the timer "
         "then only runs the watchdog).", choices=("timer", "camera"))
+    control_executor: str = param(
+        "waitset",
+        "What serves the control thread (camera / joint subscriptions, control timer): waitset = "
+        "one bare rcl wait set (lowest latency; wsa_ros/nodes/control_loop.py); rclpy = rclpy's "
+        "SingleThreadedExecutor (fallback).", choices=("waitset", "rclpy"))
     joint_sync: str = param(
         "stamp",
         "Which received joint state goes with a frame. stamp: the newest whose header stamp is at "

@@ -2,7 +2,7 @@
 
 **Sync rule.** An observation at time ``t`` is the newest frame of every camera
 received *at or before* ``t``, and, among the joint states received at or before ``t``,
-the one :func:`pick_joints` selects for the first camera's frame: with ``joint_sync:
+the one :meth:`JointHistory.pick` selects for the first camera's frame: with ``joint_sync:
 stamp`` (default) the newest whose header stamp is at or before the frame's stamp (the
 arm's pose when the image was taken), with ``newest`` simply the newest. Live, ``t`` is
 the control tick and "received" is the arrival time; offline, ``t`` is a bag time and
@@ -12,13 +12,15 @@ offline build the same observations even when DDS delivers a joint state after t
 frame of a later step, or the agent's executor takes a frame before a joint state that
 arrived first.
 
-Live use (the agent node: callback -> latest-sample slot -> control tick)::
+The live agent (``nodes/agent.py``) keeps its own latest-sample slots, which also count
+drops and losses per stream, and pairs frames with joint states through the same
+:class:`JointHistory`. :class:`LatestSamples` is the ROS-free form of those slots::
 
     slots = LatestSamples(cameras=engine.cameras, need_joints=bundle.proprio is not None)
-    # camera callback:   slots.put_frame("front", FrameSample.from_msg(msg, now_ns, compressed))
-    # joints callback:   slots.put_joints(JointSample.from_msg(msg, now_ns))
-    # control tick:      obs = slots.observe(now_ns)  (None until every slot has a sample)
-    #                    r = engine.step(obs.images(), obs.proprio(bundle.proprio))
+    slots.put_frame("front", FrameSample.from_msg(msg, now_ns, compressed))
+    slots.put_joints(JointSample.from_msg(msg, now_ns))
+    obs = slots.observe(now_ns)  # None until every slot has a sample
+    r = engine.step(obs.images(), obs.proprio(bundle.proprio))
 
 Offline use: :func:`iter_observations` walks a bag in its deterministic order, fills the
 same slots and yields an observation at every trigger (each frame of one camera, or a
@@ -27,7 +29,7 @@ them) with :mod:`wsa_ros.images`; the decoded frame is cached on the sample.
 """
 from __future__ import annotations
 
-import collections
+import bisect
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -101,26 +103,42 @@ JOINT_HISTORY = 64
 JOINT_SYNC_RULES = ("stamp", "newest")
 
 
-def pick_joints(history: Sequence, frame_stamp_ns: int, rule: str = "stamp"):
-    """The joint state (any object with ``stamp_ns``) that goes with a frame stamped
-    ``frame_stamp_ns``, from ``history`` in arrival order (oldest first). ``stamp``: the
-    newest by header stamp among those stamped at or before the frame; when every one is
-    newer than the frame, the oldest stamp (the closest). ``newest``: the last received.
-    None for an empty history."""
-    if not history:
-        return None
-    if rule == "newest":
-        return history[-1]
-    if rule != "stamp":
-        raise ValueError(f"joint_sync '{rule}' is not one of {JOINT_SYNC_RULES}")
-    best = None
-    oldest = None
-    for j in history:
-        if j.stamp_ns <= frame_stamp_ns and (best is None or j.stamp_ns >= best.stamp_ns):
-            best = j
-        if oldest is None or j.stamp_ns < oldest.stamp_ns:
-            oldest = j
-    return best if best is not None else oldest
+class JointHistory:
+    """The last ``maxlen`` joint states (objects with ``stamp_ns``), kept sorted by stamp
+    whatever order they arrived in; ``newest`` is the last one received.
+
+    :meth:`pick` is the pairing rule (``joint_sync``) for a frame stamped
+    ``frame_stamp_ns``: ``stamp`` = the newest by header stamp among those stamped at or
+    before the frame (a stamp received twice: the later arrival), or, when every one is
+    newer than the frame, the oldest (the closest); ``newest`` = the last received. None
+    while empty."""
+
+    def __init__(self, maxlen: int = JOINT_HISTORY):
+        self.maxlen = int(maxlen)
+        self._stamps: list[int] = []
+        self._items: list = []
+        self.newest = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, sample) -> None:
+        i = bisect.bisect_right(self._stamps, sample.stamp_ns)
+        self._stamps.insert(i, sample.stamp_ns)
+        self._items.insert(i, sample)
+        if len(self._items) > self.maxlen:  # forget the oldest stamp
+            del self._stamps[0], self._items[0]
+        self.newest = sample
+
+    def pick(self, frame_stamp_ns: int, rule: str = "stamp"):
+        if not self._items:
+            return None
+        if rule == "newest":
+            return self.newest
+        if rule != "stamp":
+            raise ValueError(f"joint_sync '{rule}' is not one of {JOINT_SYNC_RULES}")
+        i = bisect.bisect_right(self._stamps, frame_stamp_ns)
+        return self._items[i - 1] if i else self._items[0]
 
 
 @dataclass
@@ -175,7 +193,7 @@ class LatestSamples:
         self.joint_sync = joint_sync
         self.frames: dict[str, FrameSample] = {}
         self.joints: JointSample | None = None  # the newest received
-        self.joint_history: collections.deque = collections.deque(maxlen=JOINT_HISTORY)
+        self.joint_history = JointHistory()
 
     def put_frame(self, camera: str, sample: FrameSample) -> None:
         if camera not in self.cameras:
@@ -198,7 +216,7 @@ class LatestSamples:
             return None
         joints = None
         if self.need_joints:
-            joints = pick_joints(self.joint_history, self.frames[self.cameras[0]].stamp_ns, self.joint_sync)
+            joints = self.joint_history.pick(self.frames[self.cameras[0]].stamp_ns, self.joint_sync)
         return Observation(int(time_ns), {c: self.frames[c] for c in self.cameras}, joints)
 
 
@@ -225,7 +243,7 @@ def iter_observations(
     ``1/rate_hz`` of bag time, from the bag's first message. All messages with a bag time
     at or before the trigger time are in the slots, including ones recorded later with the
     same timestamp. Ticks before every slot has a sample are skipped. ``joint_sync``: the
-    agent's rule for which joint state goes with the frame (:func:`pick_joints`).
+    agent's rule for which joint state goes with the frame (:meth:`JointHistory.pick`).
     ``extra_topics`` (e.g. recorded commands, rewards) are decoded and passed to
     ``on_extra(BagMessage)`` in bag order, interleaved correctly with the yields.
     """

@@ -12,12 +12,13 @@ volatile) with depth 1. ``trigger: timer`` acts every 1/control_rate_hz on the n
 samples; ``trigger: camera`` acts as soon as a frame of the first camera arrives (the
 timer then only runs the watchdog and repeats stop commands). The joint state that goes
 with the frame is chosen by ``joint_sync`` from the last few received
-(:func:`wsa_ros.observation.pick_joints`, the rule ``wsa eval-bag`` applies offline):
+(:class:`wsa_ros.observation.JointHistory`, the rule ``wsa eval-bag`` applies offline):
 ``stamp`` = the newest stamped at or before the frame, ``newest`` = the last received.
 
 Threads: the control path (camera and joint subscriptions, the control timer, the
-command / record / alpha publishers) lives on a companion node ``<name>_rt`` spun by a
-single-threaded executor in its own thread; this node (parameters, services, e-stop,
+command / record / alpha publishers) lives on a companion node ``<name>_rt`` served in its
+own thread by one bare wait set (:mod:`wsa_ros.nodes.control_loop`; ``control_executor:
+rclpy`` uses rclpy's single-threaded executor instead); this node (parameters, services, e-stop,
 diagnostics) runs on a multi-threaded executor, so validating a hot-swap never delays a
 tick and the e-stop and ``~/enable`` never wait behind a swap. Topic names are resolved
 and remapped by this node, so ``ros2 run ... -r`` remaps apply to the companion too.
@@ -104,9 +105,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from .. import images
 from ..bundle import Bundle, BundleError, compatible_with, load_bundle
 from ..config import AgentConfig, ConfigError, resolve_bundle
-from ..engine import Engine, EngineError, PolicyOutputError, build_proprio
-from ..observation import JOINT_HISTORY, pick_joints
+from ..engine import Engine, EngineError, PolicyOutputError
+from ..observation import JointHistory
 from ..safety import State, Supervisor, SupervisorConfig
+from .control_loop import ControlLoop
 from .params import check_change, declare_config
 
 #: parameters that may change while running; the rest need a restart (read-only)
@@ -217,7 +219,8 @@ class AgentNode(Node):
         # ---------------------------------------------------------------- slots and stats
         self._frames: dict[str, FrameSlot | None] = {c: None for c in self._cameras}
         self._joints: JointSlot | None = None  # the newest: freshness, hold pose
-        self._joint_hist: collections.deque = collections.deque(maxlen=JOINT_HISTORY)  # pairing by stamp
+        self._joint_hist = JointHistory()  # the last few, for pairing with a frame by stamp
+        self._joint_plans: dict[tuple, tuple] = {}  # joint-name list -> index arrays (or its rejection)
         self._stats = {f"camera '{c}'": StreamStats(t) for c, t in zip(self._cameras, cfg.camera_topics)}
         self._stats[JOINT_STREAM] = StreamStats(cfg.joint_states_topic)
         self._step_times: collections.deque = collections.deque(maxlen=WINDOW)
@@ -230,10 +233,10 @@ class AgentNode(Node):
 
         # ---------------------------------------------------------------- ROS wiring
         # The control path (camera / joint subscriptions, control timer, command, record and
-        # alpha publishers) lives on a companion node, <name>_rt, spun by its own
-        # single-threaded executor in its own thread: nothing else ever waits in its queue,
-        # and rclpy's multi-threaded executor (hand-off to a worker thread per callback)
-        # stays off the hot path. This node keeps parameters, services, e-stop and
+        # alpha publishers) lives on a companion node, <name>_rt, served in its own thread
+        # by a bare wait set (control_loop.py; or rclpy's single-threaded executor):
+        # nothing else ever waits in its queue, and rclpy's multi-threaded executor
+        # (hand-off to a worker thread per callback) stays off the hot path. This node keeps parameters, services, e-stop and
         # diagnostics on a multi-threaded executor, so a hot-swap being validated in the
         # parameter service never delays a tick. Topic names are resolved (and remapped)
         # here, so the companion subscribes and publishes exactly where this node would.
@@ -404,46 +407,72 @@ class AgentNode(Node):
         except Exception as exc:  # noqa: BLE001
             self._internal_error("joint state callback", exc)
 
-    def _joints_body(self, msg: JointState, info) -> None:
-        arrival_ns = self._now_ns()
-        arrival = arrival_ns * 1e-9
-        st = self._stats[JOINT_STREAM]
-        self._seq_gap(st, info)
-        names = list(msg.name)
+    def _joint_plan(self, names: tuple):
+        """For one list of joint names (cached: a robot sends the same list every time):
+        the index of every action joint and of every proprioception joint in it, or the
+        rejection (key, reason) when the list cannot be used."""
         n = len(names)
-        pos, vel, eff = msg.position, msg.velocity, msg.effort
+        topic = self._stats[JOINT_STREAM].topic
         if len(set(names)) != n:
             dup = sorted({x for x in names if names.count(x) > 1})
-            return self._reject("joint_malformed", f"joint state on {st.topic} repeats joint name(s) {dup}")
-        if len(pos) != n:
-            return self._reject("joint_malformed", f"joint state on {st.topic} has {n} names but "
-                                                   f"{len(pos)} positions")
-        for fname, arr in (("velocity", vel), ("effort", eff)):
-            if len(arr) not in (0, n):
-                return self._reject("joint_malformed", f"joint state on {st.topic} has {n} names but "
-                                                       f"{len(arr)} {fname} values")
+            return "joint_malformed", f"joint state on {topic} repeats joint name(s) {dup}"
         index = {j: i for i, j in enumerate(names)}
         missing = [j for j in self._need_joints if j not in index]
         if missing:
             unknown = [j for j in names if j not in self._need_joints]
             extra = f"; it has unknown joint(s) {unknown}" if unknown else ""
-            return self._reject("joint_missing", f"joint state on {st.topic} lacks joint(s) {missing} the "
-                                                 f"policy needs (expects {self._need_joints}){extra}")
-        measured = np.fromiter((pos[index[j]] for j in self._action_joints), float, len(self._action_joints))
-        if not np.all(np.isfinite(measured)):
+            return "joint_missing", (f"joint state on {topic} lacks joint(s) {missing} the policy needs "
+                                     f"(expects {self._need_joints}){extra}")
+        spec = self._engine.bundle.proprio  # hot-swaps keep the same proprioception spec
+        pidx = np.array([index[j] for j in spec.joint_names], dtype=np.intp) if spec is not None else None
+        return np.array([index[j] for j in self._action_joints], dtype=np.intp), pidx
+
+    def _joints_body(self, msg: JointState, info) -> None:
+        arrival_ns = self._now_ns()
+        st = self._stats[JOINT_STREAM]
+        self._seq_gap(st, info)
+        names = tuple(msg.name)
+        plan = self._joint_plans.get(names)
+        if plan is None:
+            plan = self._joint_plan(names)
+            if len(self._joint_plans) < 16:
+                self._joint_plans[names] = plan
+        if isinstance(plan[0], str):
+            return self._reject(*plan)
+        act_idx, pidx = plan
+        n = len(names)
+        pos = np.asarray(msg.position, dtype=np.float64)
+        if len(pos) != n:
+            return self._reject("joint_malformed", f"joint state on {st.topic} has {n} names but "
+                                                   f"{len(pos)} positions")
+        fields = {"position": pos}
+        for fname, arr in (("velocity", msg.velocity), ("effort", msg.effort)):
+            if len(arr) not in (0, n):
+                return self._reject("joint_malformed", f"joint state on {st.topic} has {n} names but "
+                                                       f"{len(arr)} {fname} values")
+            fields[fname] = np.asarray(arr, dtype=np.float64)
+        measured = pos[act_idx]
+        if not np.isfinite(measured).all():
             bad = [j for j, v in zip(self._action_joints, measured) if not math.isfinite(v)]
             return self._reject("joint_nonfinite", f"joint state on {st.topic}: position of {bad} is NaN/inf")
         proprio = None
         spec = self._engine.bundle.proprio
-        if spec is not None:
-            try:
-                proprio = build_proprio(spec, names, pos, vel if len(vel) else None, eff if len(eff) else None)
-            except ValueError as exc:
-                key = "joint_nonfinite" if "finite" in str(exc) else "joint_malformed"
-                return self._reject(key, f"joint state on {st.topic}: {exc}")
+        if spec is not None:  # build_proprio's layout: per field, the spec's joints in order
+            parts = []
+            for fld in spec.fields:
+                arr = fields[fld]
+                if len(arr) != n:
+                    return self._reject("joint_malformed", f"joint state on {st.topic} has no '{fld}' values "
+                                                           f"for its {n} joints")
+                parts.append(arr[pidx])
+            proprio = np.concatenate(parts)
+            if not np.isfinite(proprio).all():
+                bad = [f"{j} {fld}" for fld, part in zip(spec.fields, parts)
+                       for j, v in zip(spec.joint_names, part) if not math.isfinite(v)]
+                return self._reject("joint_nonfinite", f"joint state on {st.topic}: {bad} not finite")
         stamp = _stamp_ns(msg.header) or arrival_ns
         prev = self._joints
-        self._joints = JointSlot(proprio, measured, stamp, arrival, (prev.serial + 1) if prev else 1)
+        self._joints = JointSlot(proprio, measured, stamp, arrival_ns * 1e-9, (prev.serial + 1) if prev else 1)
         self._joint_hist.append(self._joints)
         st.received += 1
 
@@ -528,8 +557,8 @@ class AgentNode(Node):
                 st.last_serial_used = slot.serial
             imgs[cam] = slot.frame
         # the joint state paired with the (first camera's) frame: cfg.joint_sync, the rule
-        # eval-bag applies offline (wsa_ros.observation.pick_joints)
-        joints = pick_joints(self._joint_hist, frames[self._cameras[0]].stamp_ns, self.cfg.joint_sync)
+        # eval-bag applies offline (wsa_ros.observation)
+        joints = self._joint_hist.pick(frames[self._cameras[0]].stamp_ns, self.cfg.joint_sync)
         jst = self._stats[JOINT_STREAM]
         if joints.serial > jst.last_serial_used:
             jst.used += 1
@@ -823,8 +852,11 @@ def main(argv=None) -> int:
         except (ConfigError, BundleError, EngineError, AgentError) as exc:
             rclpy.logging.get_logger(AgentConfig.NODE).fatal(f"cannot start: {exc}")
             return 1
-        control = SingleThreadedExecutor()
-        control.add_node(node.rt)
+        if node.cfg.control_executor == "waitset":
+            control = ControlLoop(node.rt, on_error=lambda where, exc: node._internal_error(where, exc))
+        else:
+            control = SingleThreadedExecutor()
+            control.add_node(node.rt)
         control_thread = threading.Thread(target=_spin_control, args=(control, node), name="wsa-control",
                                           daemon=True)
         control_thread.start()

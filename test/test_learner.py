@@ -2,6 +2,8 @@
 behaviour cloning, checkpoint/resume, and the export-validate gate in front of every push."""
 from __future__ import annotations
 
+import math
+
 import copy
 import shutil
 
@@ -211,6 +213,14 @@ def test_trainer_checkpoint_resumes_exactly(tmp_path, tiny_bundle):
     assert (tmp_path / "out" / "logs" / "train.csv").read_text().count("\n") >= 7
     tr.close()
     tr2.close()
+    # the same numbers in TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "out" / "logs" / "tensorboard")).Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss_critic", "train/q", "train/wsa_alpha_entropy"} <= set(tags), tags
+    assert any(t.startswith("train/wsa_alpha_") and t != "train/wsa_alpha_entropy" for t in tags)
+    assert all(math.isfinite(e.value) for e in acc.Scalars("train/loss_critic"))
     # a damaged checkpoint (e.g. a disk error) is set aside and training starts fresh; never a crash
     ckpt = tmp_path / "out" / "learner" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])

@@ -232,6 +232,54 @@ def test_position_mode_joint_trajectory_rate_limited_and_holds_the_pose(make_bun
     assert holds and all(np.allclose(h, pose, atol=1e-12) for h in holds), holds[:3]
 
 
+def test_teleop_overrides_the_policy_while_fresh(tiny_bundle, engine1):
+    """A teleoperation command (JointState, reordered names) is sent instead of the
+    policy's action while fresh and recorded as the command sent; when it stops, the
+    policy acts again; a malformed one is rejected and counted."""
+    teleop = "/teleop"
+    params = base_params(tiny_bundle, start_enabled=True, teleop_topic=teleop, teleop_timeout_s=0.2)
+    with AgentProcess(29, params) as agent, Peer(29) as peer:
+        peer.publisher(CAM, "image")
+        peer.publisher(JS, "joints")
+        peer.publisher(teleop, "joints")
+        start(peer, agent, [CAM, JS, teleop])
+        st = Streamer(peer, [CAM], JS, 30.0).start()
+        try:
+            wait_for(lambda: len(peer.snapshot("records")) >= 10, 30, "10 policy actions")
+            t_on = time.monotonic()
+            while time.monotonic() - t_on < 1.0:
+                peer.publish_joints(teleop, ["joint1", "joint0"], [0.5, -1.25])
+                time.sleep(0.05)
+            t_off = time.monotonic()
+            n_bad = 0
+            while time.monotonic() - t_off < 1.0:  # malformed: a joint missing -> rejected, policy acts
+                peer.publish_joints(teleop, ["joint1"], [2.0])
+                time.sleep(0.05)
+            d = peer.wait_diag(lambda d: int(d.get("rejected teleop_malformed", 0)) > 0, 5, "teleop rejections")
+            n_bad = int(d["rejected teleop_malformed"])
+        finally:
+            st.stop()
+        time.sleep(0.3)
+        with peer.lock:
+            records = list(peer.records)
+        d = peer.diagnostics()
+        assert agent.alive(), agent.output()
+    p = proprio([0.1, -0.2], [0.0, 0.0])
+    teleop_steps = policy_steps = 0
+    for t, rec in records:
+        want = engine1.step({"front": st.frames[stamp_key(rec.header.stamp)][0]}, p)
+        np.testing.assert_allclose(rec.effort, want.action, atol=1e-9)  # the policy still runs (logged)
+        if np.allclose(rec.position, [-1.25, 0.5], atol=1e-12):
+            teleop_steps += 1
+            assert t_on < t < t_off + 0.5, "a teleop command acted outside the teleop window"
+        else:
+            np.testing.assert_allclose(rec.position, want.action, atol=1e-9)  # the policy's own
+            policy_steps += 1
+            assert not (t_on + 0.15 < t < t_off), "the policy acted while a person was driving"
+    assert teleop_steps >= 15 and policy_steps >= 20, (teleop_steps, policy_steps)
+    assert int(d["teleop_steps_total"]) == teleop_steps and n_bad > 0
+
+
 # =============================================================================== watchdog, e-stop
 def _zeros(cmd) -> bool:
     return all(v == 0.0 for v in cmd.data)

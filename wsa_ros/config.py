@@ -85,6 +85,12 @@ class AgentConfig:
         0.5, "After enabling, fade the command in from the stop command (measured pose / zero "
         "velocity) over this many seconds; 0 disables.", 0.0, 60.0)
     start_enabled: bool = param(False, "Start acting immediately instead of waiting for ~/enable.")
+    teleop_topic: str = param(
+        "/wsa/teleop", "Teleoperation input (sensor_msgs/JointState: name + position = the command in the "
+        "action's joint units). While one arrived within teleop_timeout_s, it is sent instead of the "
+        "policy's action (same clamp and rate limit) and recorded as the action taken; the fine-tuner "
+        "(intervention_topic) flags those steps as demonstrations. Empty: no teleoperation.")
+    teleop_timeout_s: float = param(0.25, "How long one teleoperation command overrides the policy.", 0.0, 10.0)
     estop_topic: str = param(
         "~/estop", "std_msgs/Bool e-stop input: true engages (latched), false releases; ~/enable "
         "is needed afterwards. Subscribed best-effort so any publisher QoS matches.")

@@ -39,7 +39,10 @@ Topics (relative names resolve in the node's namespace; ``~`` is this node's own
   sensor_msgs/CompressedImage jpeg/png when the topic ends in ``/compressed``),
   ``joint_states_topic`` (sensor_msgs/JointState; reordered by name, extra joints
   ignored, a missing joint is a rejection), ``estop_topic`` (std_msgs/Bool, best effort
-  so any publisher matches; true engages, false releases).
+  so any publisher matches; true engages, false releases), ``teleop_topic``
+  (sensor_msgs/JointState name + position in the action's joint units: while one arrived
+  within ``teleop_timeout_s`` it is sent instead of the policy's action, through the same
+  clamp / blend-in / rate limit, and recorded as the command sent).
 * out: ``command_topic`` - per ``output_mode``: std_msgs/Float64MultiArray (data = command
   per action joint, bundle order), trajectory_msgs/JointTrajectory (joint names, one
   point at time_from_start = 1/control_rate_hz, positions in position mode and
@@ -228,6 +231,8 @@ class AgentNode(Node):
         self._obs_ages: collections.deque = collections.deque(maxlen=WINDOW)
         self._actions = 0
         self._stops = 0
+        self._teleop: tuple[np.ndarray, float] | None = None  # (command, arrival monotonic)
+        self._teleop_steps = 0
         self._overruns = 0
         self._diag_mark = (time.monotonic(), 0, 0)
 
@@ -266,6 +271,11 @@ class AgentNode(Node):
             cb = (lambda msg, info, cam=cam, c=compressed, t=triggers: self._on_frame(cam, c, t, msg, info))
             self._subs.append(rt.create_subscription(
                 CompressedImage if compressed else Image, self.resolve_topic_name(topic), cb, sensor_qos))
+        if cfg.teleop_topic:  # on the control thread, like the inputs it competes with
+            self._subs.append(rt.create_subscription(
+                JointState, self.resolve_topic_name(cfg.teleop_topic),
+                lambda msg: self._guarded("teleop callback", self._on_teleop, msg),
+                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)))
         self._subs.append(self.create_subscription(
             Bool, cfg.estop_topic, lambda msg: self._guarded("e-stop callback", self._on_estop, msg),
             QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=self._g_safety))
@@ -476,6 +486,21 @@ class AgentNode(Node):
         self._joint_hist.append(self._joints)
         st.received += 1
 
+    def _on_teleop(self, msg: JointState) -> None:
+        """A teleoperation command: name + position (the action's joint units)."""
+        names = list(msg.name)
+        if len(msg.position) != len(names):
+            return self._reject("teleop_malformed", f"teleop command has {len(names)} names but "
+                                                    f"{len(msg.position)} positions")
+        missing = [j for j in self._action_joints if j not in names]
+        if missing:
+            return self._reject("teleop_malformed", f"teleop command lacks joint(s) {missing} (the action's "
+                                                    f"joints are {self._action_joints})")
+        cmd = np.array([msg.position[names.index(j)] for j in self._action_joints], dtype=np.float64)
+        if not np.isfinite(cmd).all():
+            return self._reject("teleop_nonfinite", f"teleop command {cmd.tolist()} is not finite")
+        self._teleop = (cmd, time.monotonic())
+
     def _on_estop(self, msg: Bool) -> None:
         measured = self._joints.measured if self._joints else None
         with self._out_lock:
@@ -577,9 +602,14 @@ class AgentNode(Node):
         self._step_times.append(r.timings.get("total", time.perf_counter() - t0))
         # ------------------------------------------------------------ safety + publish
         now2 = self._now()
+        target = r.action
+        teleop = self._teleop
+        if teleop is not None and time.monotonic() - teleop[1] <= self.cfg.teleop_timeout_s:
+            target = teleop[0]  # a person is driving: their command, through the same safety
+            self._teleop_steps += 1
         with self._out_lock:
             try:
-                cmd = self._sup.shape(r.action, now2, d.epoch)
+                cmd = self._sup.shape(target, now2, d.epoch)
             except ValueError as exc:
                 self._reject("policy_nonfinite", f"policy version {eng.version}: {exc}")
                 cmd = self._sup.reject(str(exc), measured)
@@ -667,6 +697,9 @@ class AgentNode(Node):
             ("action_rate_hz", f"{(self._actions - act_prev) / span:.1f}"),
             ("actions_total", self._actions), ("stop_commands_total", self._stops),
             ("tick_overruns", self._overruns), ("clamped_actions", snap["clamped"]),
+            ("teleop_active", self._teleop is not None and
+             time.monotonic() - self._teleop[1] <= self.cfg.teleop_timeout_s),
+            ("teleop_steps_total", self._teleop_steps),
             ("inference_ms_median", f"{_pct(self._step_times, 50) * 1e3:.2f}"),
             ("inference_ms_p99", f"{_pct(self._step_times, 99) * 1e3:.2f}"),
             ("tick_ms_median", f"{_pct(self._tick_times, 50) * 1e3:.2f}"),

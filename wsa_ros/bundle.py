@@ -441,7 +441,8 @@ def write_manifest(b: Bundle, rehash: bool = True) -> Path:
 def compatible_with(old: Bundle, new: Bundle) -> list[str]:
     """Reasons why ``new`` cannot hot-swap ``old`` in a running agent (empty = ok):
     it must read the same cameras at the same sizes, the same proprioception, and
-    command the same joints in the same mode."""
+    command the same joints in the same mode within the same bounds (the agent's
+    safety envelope changes only on restart)."""
     why = []
     if old.cameras != new.cameras:
         why.append(f"cameras differ: {old.cameras} vs {new.cameras}")
@@ -453,4 +454,7 @@ def compatible_with(old: Bundle, new: Bundle) -> list[str]:
         why.append(f"action joints differ: {old.action.joint_names} vs {new.action.joint_names}")
     if old.action.mode != new.action.mode:
         why.append(f"action mode differs: {old.action.mode} vs {new.action.mode}")
+    if list(old.action.low) != list(new.action.low) or list(old.action.high) != list(new.action.high):
+        why.append(f"action bounds differ: [{old.action.low}, {old.action.high}] vs [{new.action.low}, "
+                   f"{new.action.high}] (the safety envelope changes only on restart)")
     return why

@@ -7,7 +7,7 @@ only when it passes all of:
 
 1. it loads: manifest parses, every file matches its sha256 (``bundle.load_bundle``);
 2. the agent's hot-swap checks: ``bundle.compatible_with`` (cameras, proprioception, action
-   joints and mode) and equal action bounds (the agent refuses other bounds);
+   joints, mode and bounds);
 3. its encoders are byte-identical to the base bundle's (same sha256): the embeddings the
    learner trained on are the ones the agent will compute;
 4. ONNX Runtime loads it and its warm-up gives finite outputs (``engine.Engine``);
@@ -82,9 +82,6 @@ def validate_bundle(path: str | os.PathLike, base: Bundle, holdout: dict[str, np
         rep.reasons.append(f"does not load: {exc}")
         return done(False)
     why = compatible_with(base, new)
-    if list(new.action.low) != list(base.action.low) or list(new.action.high) != list(base.action.high):
-        why.append(f"action bounds differ: [{base.action.low}, {base.action.high}] vs [{new.action.low}, "
-                   f"{new.action.high}]")
     base_enc = {e.name: e.sha256 for e in base.encoders}
     new_enc = {e.name: e.sha256 for e in new.encoders}
     if base_enc != new_enc:

@@ -749,10 +749,6 @@ class AgentNode(Node):
                 path = resolve_bundle(path_str)
                 b = load_bundle(path)
                 why = compatible_with(cur.bundle, b)
-                if list(b.action.low) != list(cur.bundle.action.low) or \
-                        list(b.action.high) != list(cur.bundle.action.high):
-                    why.append(f"action bounds differ: [{cur.bundle.action.low}, {cur.bundle.action.high}] vs "
-                               f"[{b.action.low}, {b.action.high}] (the safety envelope changes only on restart)")
                 if why:
                     raise BundleError("; ".join(why))
                 eng = self._build_validated(b)

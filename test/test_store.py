@@ -186,6 +186,22 @@ def test_assembler_waits_for_late_frames_and_flags_interventions():
     assert r.asm.rejected["action_out_of_bounds"] == 1
 
 
+def test_a_lost_record_never_pairs_a_step_with_the_observation_after_next():
+    r = Robot()
+    for k in range(3):
+        r.tick(k)
+    r.now += 20 * MS
+    r.obs(3)  # the agent acted on frame 3, but its record never arrived (a sequence gap)
+    r.asm.add_reward(r.now, -1.0)
+    r.asm.records_lost(1)
+    for k in range(4, 7):
+        r.tick(k)
+    out = r.poll()
+    # 0->1, 1->2 and 4->5, 5->6; step 2 (whose successor was lost) is dropped, not paired with 4
+    assert [(int(t.obs["ctx"][0]), int(t.next_obs["ctx"][0])) for t in out] == [(0, 1), (1, 2), (4, 5), (5, 6)]
+    assert r.asm.rejected["record_lost"] == 1 and r.asm.rejected["broken_chain"] == 1
+
+
 def test_same_frame_acted_on_twice_keeps_the_later_command():
     r = Robot()
     r.tick(0)

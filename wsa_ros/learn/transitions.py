@@ -284,6 +284,7 @@ class _Step:
     end: str | None = None
     end_frame_ns: int | None = None  # stamp of the episode's final frame (None: not received)
     obs: _Obs | None = None
+    successor_lost: bool = False  # a record after this one never arrived: its next observation is unknown
 
 
 class _Stream:
@@ -483,6 +484,16 @@ class Assembler:
         self._pending.append(step)
         self._open = step
 
+    def records_lost(self, n: int) -> None:
+        """``n`` action records of this robot were published but never reached us (a gap in
+        the publisher's sequence numbers, or a full inbox): the step before them has no
+        known next observation, so it must not be paired with the record after the gap."""
+        if n <= 0:
+            return
+        self.rejected["record_lost"] += int(n)
+        if self._open is not None:
+            self._open.successor_lost = True
+
     def add_reward(self, recv_ns: int, value: float) -> None:
         v = float(value)
         if not math.isfinite(v) or abs(v) > self.cfg.max_abs_reward:
@@ -625,7 +636,9 @@ class Assembler:
                 continue
             step.obs = obs
             if self._prev is not None:
-                if self._prev.episode == step.episode:
+                if self._prev.successor_lost:
+                    self.reject("broken_chain", "records after this step were lost: no next observation")
+                elif self._prev.episode == step.episode:
                     self._emit(self._prev, obs, False, False, out)
                 self._prev = None
             if step.end is not None:

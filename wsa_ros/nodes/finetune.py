@@ -134,6 +134,7 @@ class FinetuneNode(Node):
         acfg = AssemblerConfig(frame_tolerance_s=cfg.frame_tolerance_s, pairing_timeout_s=cfg.pairing_timeout_s,
                                intervention_timeout_s=cfg.intervention_timeout_s, max_abs_reward=cfg.max_abs_reward)
         self.inbox: queue.Queue = queue.Queue(maxsize=INBOX)
+        self._record_seq: dict[tuple, int] = {}  # (robot, agent publisher gid) -> last record sequence number
         self._seq = itertools.count()
         self.train_inbox: queue.Queue = queue.Queue(maxsize=TRAIN_INBOX)
         self.assemblers: dict[str, Assembler] = {}
@@ -222,6 +223,11 @@ class FinetuneNode(Node):
             if src and rcv:
                 with self._lock:
                     self.counts["clock_skew"] += 1
+        if kind == "record":  # the publisher's sequence number: a lost record breaks the chain
+            try:
+                args = (*args, str(info["publisher_gid"]), int(info["publication_sequence_number"]))
+            except (KeyError, TypeError, ValueError):
+                args = (*args, None, None)
         try:
             self.inbox.put_nowait((t, next(self._seq), now, source, kind, args))
         except queue.Full:
@@ -238,7 +244,12 @@ class FinetuneNode(Node):
             msg = args[0]
             asm.add_joints(JointSample.from_msg(msg, recv))
         elif kind == "record":
-            m = args[0]
+            m, gid, seq = args
+            if seq is not None:  # records arrive here in publish order: a jump means some never came
+                last = self._record_seq.get((source, gid))
+                self._record_seq[(source, gid)] = seq
+                if last is not None and seq > last + 1:
+                    asm.records_lost(seq - last - 1)
             asm.add_record(recv, stamp_ns(m.header.stamp), m.header.frame_id, list(m.name), list(m.position),
                            list(m.velocity))
         elif kind == "reward":

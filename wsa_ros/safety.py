@@ -83,10 +83,11 @@ class RateLimiter:
         self.max_rate = r
         self.max_dt = float(max_dt)
         self.prev: np.ndarray | None = None
+        self._enabled = bool(np.any((r > 0) & np.isfinite(r)))  # a new limiter for a new rate
 
     @property
     def enabled(self) -> bool:
-        return bool(np.any((self.max_rate > 0) & np.isfinite(self.max_rate)))
+        return self._enabled
 
     def reset(self, value=None) -> None:
         self.prev = None if value is None else np.array(value, dtype=np.float64)

@@ -326,10 +326,15 @@ class AgentNode(Node):
                                  f"{len(self._action_joints)} action dimensions")
 
     def _now(self) -> float:
-        return self._clock.now().nanoseconds * 1e-9
+        return self._now_ns() * 1e-9
 
     def _now_ns(self) -> int:
-        return self._clock.now().nanoseconds
+        """The node's ROS time: /clock with use_sim_time, else the system clock (read
+        directly: an rclpy Time object per call costs more than the rest of the tick's
+        bookkeeping)."""
+        if self._clock.ros_time_is_active:
+            return self._clock.now().nanoseconds
+        return time.time_ns()
 
     # ================================================================== rejections
     def _guarded(self, where: str, fn, *args):

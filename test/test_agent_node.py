@@ -255,8 +255,8 @@ def test_teleop_overrides_the_policy_while_fresh(tiny_bundle, engine1):
             while time.monotonic() - t_off < 1.0:  # malformed: a joint missing -> rejected, policy acts
                 peer.publish_joints(teleop, ["joint1"], [2.0])
                 time.sleep(0.05)
-            d = peer.wait_diag(lambda d: int(d.get("rejected teleop_malformed", 0)) > 0, 5, "teleop rejections")
-            n_bad = int(d["rejected teleop_malformed"])
+            d = peer.wait_diag(lambda d: int(d.get("rejected teleop_missing", 0)) > 0, 5, "teleop rejections")
+            n_bad = int(d["rejected teleop_missing"])
         finally:
             st.stop()
         time.sleep(0.3)

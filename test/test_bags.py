@@ -3,6 +3,7 @@ deterministic order, clear errors, and the sync rule shared by the agent and eva
 No ROS middleware needed."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,32 @@ def test_joint_history_pairs_by_stamp_whatever_the_arrival_order():
     assert len(small) == 3 and small.pick(15).stamp_ns == 20  # 10 (the oldest stamp) was forgotten
     with pytest.raises(ValueError, match="joint_sync 'nearest' is not one of"):
         h.pick(25, "nearest")
+
+
+def test_joint_reader_reorders_checks_and_matches_build_proprio():
+    from wsa_ros.bundle import ProprioSpec
+    from wsa_ros.engine import build_proprio
+    from wsa_ros.observation import JointReader, JointRejected
+
+    spec = ProprioSpec(["a", "b"], ["position", "velocity"], [0.0] * 4, [1.0] * 4)
+    rd = JointReader(["b"], spec, where="js")
+    names, pos, vel = ["x", "b", "a"], [9.0, 2.0, 1.0], [0.9, 0.2, 0.1]
+    for _ in range(2):  # the second reading uses the cached plan
+        measured, proprio = rd.read(names, pos, vel)
+        np.testing.assert_array_equal(measured, [2.0])
+        np.testing.assert_array_equal(proprio, build_proprio(spec, names, pos, vel))
+    bad = [((["a", "a", "b"], [0.0] * 3, []), "joint_malformed", "repeats joint name"),
+           ((["a"], [0.0], []), "joint_missing", "lacks joint(s) ['b']"),
+           ((["a", "b"], [0.0], []), "joint_malformed", "2 names but 1 position"),
+           ((["a", "b"], [0.0, 0.0], [1.0]), "joint_malformed", "2 names but 1 velocity"),
+           ((["a", "b"], [0.0, 0.0], []), "joint_malformed", "no 'velocity' values"),
+           ((["a", "b"], [0.0, float("nan")], [0.0, 0.0]), "joint_nonfinite", "position of ['b']"),
+           ((["a", "b"], [0.0, 0.0], [float("inf"), 0.0]), "joint_nonfinite", "['a velocity'] not finite")]
+    for args, key, msg in bad:
+        with pytest.raises(JointRejected, match=re.escape(msg)) as exc:
+            rd.read(*args)
+        assert exc.value.key == key and str(exc.value).startswith("js")
+    assert JointReader(["a"]).read(["b", "a"], [1.0, 2.0])[1] is None  # no proprioception
 
 
 def test_latest_samples_slots():

@@ -141,6 +141,81 @@ class JointHistory:
         return self._items[i - 1] if i else self._items[0]
 
 
+class JointRejected(ValueError):
+    """A joint state that cannot be used; ``key`` names the cause (a rejection counter)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class JointReader:
+    """sensor_msgs/JointState fields (any joint order, extra joints ignored) -> the action
+    joints' positions and the bundle's proprioception vector (``engine.build_proprio``'s
+    layout: per field, the spec's joints in order), with every check the agent makes:
+    repeated or missing names, field lengths, NaN/inf. The index arrays are kept per list
+    of names (a robot sends the same list every time), so a reading costs a few numpy
+    gathers. ``read`` raises :class:`JointRejected` with key ``joint_malformed``,
+    ``joint_missing`` or ``joint_nonfinite``."""
+
+    def __init__(self, action_joints: Sequence[str], proprio=None, where: str = "joint state"):
+        self.action_joints = list(action_joints)
+        self.proprio = proprio  # bundle.ProprioSpec or None
+        self.need = list(dict.fromkeys(self.action_joints + (list(proprio.joint_names) if proprio else [])))
+        self.where = where
+        self._plans: dict[tuple, tuple] = {}
+
+    def _plan(self, names: tuple) -> tuple:
+        n = len(names)
+        if len(set(names)) != n:
+            dup = sorted({x for x in names if names.count(x) > 1})
+            return "joint_malformed", f"{self.where} repeats joint name(s) {dup}"
+        index = {j: i for i, j in enumerate(names)}
+        missing = [j for j in self.need if j not in index]
+        if missing:
+            unknown = [j for j in names if j not in self.need]
+            extra = f"; it has unknown joint(s) {unknown}" if unknown else ""
+            return "joint_missing", (f"{self.where} lacks joint(s) {missing} the policy needs "
+                                     f"(expects {self.need}){extra}")
+        pidx = np.array([index[j] for j in self.proprio.joint_names], np.intp) if self.proprio else None
+        return np.array([index[j] for j in self.action_joints], np.intp), pidx
+
+    def read(self, names, position, velocity=(), effort=()) -> tuple[np.ndarray, np.ndarray | None]:
+        """-> (positions of the action joints, proprioception vector or None)."""
+        names = tuple(names)
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = self._plan(names)
+            if len(self._plans) < 16:
+                self._plans[names] = plan
+        if isinstance(plan[0], str):
+            raise JointRejected(*plan)
+        act_idx, pidx = plan
+        n = len(names)
+        fields = {}
+        for fname, arr in (("position", position), ("velocity", velocity), ("effort", effort)):
+            if len(arr) not in ((n,) if fname == "position" else (0, n)):
+                raise JointRejected("joint_malformed", f"{self.where} has {n} names but {len(arr)} {fname} values")
+            fields[fname] = np.asarray(arr, dtype=np.float64)
+        measured = fields["position"][act_idx]
+        if not np.isfinite(measured).all():
+            bad = [j for j, v in zip(self.action_joints, measured) if not np.isfinite(v)]
+            raise JointRejected("joint_nonfinite", f"{self.where}: position of {bad} is NaN/inf")
+        if self.proprio is None:
+            return measured, None
+        parts = []
+        for fld in self.proprio.fields:
+            if len(fields[fld]) != n:
+                raise JointRejected("joint_malformed", f"{self.where} has no '{fld}' values for its {n} joints")
+            parts.append(fields[fld][pidx])
+        proprio = np.concatenate(parts)
+        if not np.isfinite(proprio).all():
+            bad = [f"{j} {fld}" for fld, part in zip(self.proprio.fields, parts)
+                   for j, v in zip(self.proprio.joint_names, part) if not np.isfinite(v)]
+            raise JointRejected("joint_nonfinite", f"{self.where}: {bad} not finite")
+        return measured, proprio
+
+
 @dataclass
 class Observation:
     time_ns: int

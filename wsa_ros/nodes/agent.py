@@ -109,7 +109,7 @@ from .. import images
 from ..bundle import Bundle, BundleError, compatible_with, load_bundle
 from ..config import AgentConfig, ConfigError, resolve_bundle
 from ..engine import Engine, EngineError, PolicyOutputError
-from ..observation import JointHistory
+from ..observation import JointHistory, JointReader, JointRejected
 from ..safety import State, Supervisor, SupervisorConfig
 from .control_loop import ControlLoop
 from .params import check_change, declare_config
@@ -195,8 +195,6 @@ class AgentNode(Node):
         self._action_joints = list(b.action.joint_names)
         self._low = np.asarray(b.action.low, dtype=np.float64)
         self._high = np.asarray(b.action.high, dtype=np.float64)
-        pj = b.proprio.joint_names if b.proprio else []
-        self._need_joints = list(dict.fromkeys(self._action_joints + list(pj)))
         self._mode = b.action.mode
         self._check_setup()
         self.get_logger().info(
@@ -223,7 +221,10 @@ class AgentNode(Node):
         self._frames: dict[str, FrameSlot | None] = {c: None for c in self._cameras}
         self._joints: JointSlot | None = None  # the newest: freshness, hold pose
         self._joint_hist = JointHistory()  # the last few, for pairing with a frame by stamp
-        self._joint_plans: dict[tuple, tuple] = {}  # joint-name list -> index arrays (or its rejection)
+        # hot-swaps keep the action joints and the proprioception spec (bundle.compatible_with)
+        self._joint_reader = JointReader(self._action_joints, b.proprio,
+                                         where=f"joint state on {cfg.joint_states_topic}")
+        self._teleop_reader = JointReader(self._action_joints, where=f"teleop command on {cfg.teleop_topic}")
         self._stats = {f"camera '{c}'": StreamStats(t) for c, t in zip(self._cameras, cfg.camera_topics)}
         self._stats[JOINT_STREAM] = StreamStats(cfg.joint_states_topic)
         self._step_times: collections.deque = collections.deque(maxlen=WINDOW)
@@ -422,69 +423,14 @@ class AgentNode(Node):
         except Exception as exc:  # noqa: BLE001
             self._internal_error("joint state callback", exc)
 
-    def _joint_plan(self, names: tuple):
-        """For one list of joint names (cached: a robot sends the same list every time):
-        the index of every action joint and of every proprioception joint in it, or the
-        rejection (key, reason) when the list cannot be used."""
-        n = len(names)
-        topic = self._stats[JOINT_STREAM].topic
-        if len(set(names)) != n:
-            dup = sorted({x for x in names if names.count(x) > 1})
-            return "joint_malformed", f"joint state on {topic} repeats joint name(s) {dup}"
-        index = {j: i for i, j in enumerate(names)}
-        missing = [j for j in self._need_joints if j not in index]
-        if missing:
-            unknown = [j for j in names if j not in self._need_joints]
-            extra = f"; it has unknown joint(s) {unknown}" if unknown else ""
-            return "joint_missing", (f"joint state on {topic} lacks joint(s) {missing} the policy needs "
-                                     f"(expects {self._need_joints}){extra}")
-        spec = self._engine.bundle.proprio  # hot-swaps keep the same proprioception spec
-        pidx = np.array([index[j] for j in spec.joint_names], dtype=np.intp) if spec is not None else None
-        return np.array([index[j] for j in self._action_joints], dtype=np.intp), pidx
-
     def _joints_body(self, msg: JointState, info) -> None:
         arrival_ns = self._now_ns()
         st = self._stats[JOINT_STREAM]
         self._seq_gap(st, info)
-        names = tuple(msg.name)
-        plan = self._joint_plans.get(names)
-        if plan is None:
-            plan = self._joint_plan(names)
-            if len(self._joint_plans) < 16:
-                self._joint_plans[names] = plan
-        if isinstance(plan[0], str):
-            return self._reject(*plan)
-        act_idx, pidx = plan
-        n = len(names)
-        pos = np.asarray(msg.position, dtype=np.float64)
-        if len(pos) != n:
-            return self._reject("joint_malformed", f"joint state on {st.topic} has {n} names but "
-                                                   f"{len(pos)} positions")
-        fields = {"position": pos}
-        for fname, arr in (("velocity", msg.velocity), ("effort", msg.effort)):
-            if len(arr) not in (0, n):
-                return self._reject("joint_malformed", f"joint state on {st.topic} has {n} names but "
-                                                       f"{len(arr)} {fname} values")
-            fields[fname] = np.asarray(arr, dtype=np.float64)
-        measured = pos[act_idx]
-        if not np.isfinite(measured).all():
-            bad = [j for j, v in zip(self._action_joints, measured) if not math.isfinite(v)]
-            return self._reject("joint_nonfinite", f"joint state on {st.topic}: position of {bad} is NaN/inf")
-        proprio = None
-        spec = self._engine.bundle.proprio
-        if spec is not None:  # build_proprio's layout: per field, the spec's joints in order
-            parts = []
-            for fld in spec.fields:
-                arr = fields[fld]
-                if len(arr) != n:
-                    return self._reject("joint_malformed", f"joint state on {st.topic} has no '{fld}' values "
-                                                           f"for its {n} joints")
-                parts.append(arr[pidx])
-            proprio = np.concatenate(parts)
-            if not np.isfinite(proprio).all():
-                bad = [f"{j} {fld}" for fld, part in zip(spec.fields, parts)
-                       for j, v in zip(spec.joint_names, part) if not math.isfinite(v)]
-                return self._reject("joint_nonfinite", f"joint state on {st.topic}: {bad} not finite")
+        try:
+            measured, proprio = self._joint_reader.read(msg.name, msg.position, msg.velocity, msg.effort)
+        except JointRejected as exc:
+            return self._reject(exc.key, str(exc))
         stamp = _stamp_ns(msg.header) or arrival_ns
         prev = self._joints
         self._joints = JointSlot(proprio, measured, stamp, arrival_ns * 1e-9, (prev.serial + 1) if prev else 1)
@@ -493,17 +439,10 @@ class AgentNode(Node):
 
     def _on_teleop(self, msg: JointState) -> None:
         """A teleoperation command: name + position (the action's joint units)."""
-        names = list(msg.name)
-        if len(msg.position) != len(names):
-            return self._reject("teleop_malformed", f"teleop command has {len(names)} names but "
-                                                    f"{len(msg.position)} positions")
-        missing = [j for j in self._action_joints if j not in names]
-        if missing:
-            return self._reject("teleop_malformed", f"teleop command lacks joint(s) {missing} (the action's "
-                                                    f"joints are {self._action_joints})")
-        cmd = np.array([msg.position[names.index(j)] for j in self._action_joints], dtype=np.float64)
-        if not np.isfinite(cmd).all():
-            return self._reject("teleop_nonfinite", f"teleop command {cmd.tolist()} is not finite")
+        try:
+            cmd, _ = self._teleop_reader.read(msg.name, msg.position)
+        except JointRejected as exc:  # joint_missing / _malformed / _nonfinite -> teleop_...
+            return self._reject(exc.key.replace("joint_", "teleop_"), str(exc))
         self._teleop = (cmd, time.monotonic())
 
     def _on_estop(self, msg: Bool) -> None:

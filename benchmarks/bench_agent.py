@@ -58,7 +58,7 @@ def echo_main() -> int:
     /agent_node/action_record."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image, JointState
 

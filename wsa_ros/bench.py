@@ -8,7 +8,9 @@ random weights: latency does not depend on training), then in ONE process measur
 * each ONNX session run alone, summed (so the chaining overhead is visible);
 
 and finally the shipped default bundle's full step. Both runtimes get the same thread
-count (``--threads``, default 1: the agent runs one intra-op thread per session).
+count (``--threads``, default 1: the agent runs one intra-op thread per session; ``--threads 1,2``
+prints one table per count). ``--unrewritten`` adds a column: the same engine without its graph
+rewrites (``Engine(rewrite=False)``), measured in the same rounds.
 Targets (issue 2): default full step <= 2 ms median; >= 3x faster than eager;
 full step <= 1.2x the sum of its sessions run alone.
 """
@@ -84,51 +86,81 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="84,128")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1", help="intra-op threads for both runtimes; a list gives one table each")
+    ap.add_argument("--unrewritten", action="store_true",
+                    help="also time the engine without its graph rewrites (same rounds)")
     ap.add_argument("--providers", default="tensorrt,cuda,cpu")
     ap.add_argument("--bundle", default="", help="bundle for the last line (default: shipped models/default)")
     args = ap.parse_args(argv)
 
+    import onnxruntime as ort
     import torch
 
+    from .engine import resolve_providers
+
+    print(f"$ wsa bench {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}")
+    # resolve once: a missing provider is reported once, not for every engine built below
+    providers = [n for n, _ in resolve_providers(args.providers.split(","))]
+    for threads in [int(t) for t in str(args.threads).split(",")]:
+        _table(args, threads, providers, torch, ort)
+    return 0
+
+
+def _table(args, threads: int, providers: list[str], torch, ort) -> None:
     from .config import resolve_bundle
     from .engine import Engine
 
-    torch.set_num_threads(args.threads)
-    providers = args.providers.split(",")
-    print(f"$ wsa bench {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}")
-    print(f"torch {torch.__version__} threads={args.threads}; iters={args.iters}")
+    torch.set_num_threads(threads)
+    load = " ".join(open("/proc/loadavg").read().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads={threads} (both); iters={args.iters}; "
+          f"load average {load}")
+    extra = f" | {'no-rewrite ms':>13} | {'gain':>5}" if args.unrewritten else ""
     hdr = (f"{'encoders':>8} {'size':>5} | {'ORT step ms (med/p99)':>22} | {'eager ms (med/p99)':>19} | "
-           f"{'speed-up':>8} | {'sum alone ms':>12} | {'step/sum':>8}")
+           f"{'speed-up':>8} | {'sum alone ms':>12} | {'step/sum':>8}{extra}")
     print(hdr)
     print("-" * len(hdr))
     rng = np.random.default_rng(0)
     rows = []
+    rewrites: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in [int(s) for s in args.sizes.split(",")]:
             frame = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             prop = rng.normal(size=4)
             for n in [int(k) for k in args.encoders.split(",")]:
                 path, encs, policy = build_bench_bundle(Path(tmp), n, size)
-                eng = Engine(path, providers=providers, threads=args.threads)
+                eng = Engine(path, providers=providers, threads=threads)
+                for k, v in eng.rewrites.items():
+                    rewrites[k] = rewrites.get(k, 0) + v
                 r = eng.step({"front": frame}, prop)
                 a_e, _ = eager_step(encs, policy, frame, prop)
                 assert np.allclose(a_e[0], r.action_norm, rtol=1e-3, atol=1e-4), "ORT and eager disagree"
-                # interleave the three measurements in rounds so drifting machine load hits all alike
-                ort_t, eag_t, alone_rounds = [], [], []
+                plain = Engine(path, providers=providers, threads=threads, rewrite=False) if args.unrewritten else None
+                # interleave the measurements in rounds so drifting machine load hits all alike
+                ort_t, eag_t, plain_t, alone_rounds = [], [], [], []
                 per = max(1, args.iters // args.rounds)
                 for _ in range(args.rounds):
                     ort_t += _time(lambda: eng.step({"front": frame}, prop), per, warm=5)
                     eag_t += _time(lambda: eager_step(encs, policy, frame, prop), per, warm=5)
+                    if plain is not None:
+                        plain_t += _time(lambda: plain.step({"front": frame}, prop), per, warm=5)
                     alone_rounds.append(sum(_stats(_time(fn, per, warm=5))[0] for fn in eng.stage_runners().values()))
                 alone = float(np.median(alone_rounds))
                 (om, op), (em, ep) = _stats(ort_t), _stats(eag_t)
                 rows.append((n, size, om, op, em, ep, em / om, alone, om / alone))
+                tail = ""
+                if plain is not None:
+                    pm = _stats(plain_t)[0]
+                    tail = f" | {pm:>13.3f} | {pm / om:>4.2f}x"
                 print(f"{n:>8} {size:>5} | {om:>10.3f} / {op:>9.3f} | {em:>8.3f} / {ep:>8.3f} | "
-                      f"{em / om:>7.1f}x | {alone:>12.3f} | {om / alone:>8.2f}")
+                      f"{em / om:>7.1f}x | {alone:>12.3f} | {om / alone:>8.2f}{tail}", flush=True)
+    met = sum(1 for row in rows if row[6] >= 3.0)
+    print(f"speed-up >= 3x (issue 2): {met} of {len(rows)} rows; lowest {min(r[6] for r in rows):.1f}x, "
+          f"highest {max(r[6] for r in rows):.1f}x")
+    print("engine graph rewrites applied (all rows): "
+          + (", ".join(f"{k} x{v}" for k, v in rewrites.items()) or "none"))
     path = resolve_bundle(args.bundle)
     if (path / "manifest.yaml").exists():
-        eng = Engine(path, providers=providers, threads=args.threads)
+        eng = Engine(path, providers=providers, threads=threads)
         b = eng.bundle
         frames = {c: rng.integers(0, 256, (e.input.height, e.input.width, 3), dtype=np.uint8)
                   for c in b.cameras for e in b.encoders if e.camera == c}
@@ -143,7 +175,6 @@ def main(argv=None) -> int:
         print(f"default bundle {b.name} v{b.version} ({len(b.encoders)} encoders, {eng.provider}): "
               f"full step {m:.3f} ms median, {p:.3f} ms p99; sessions alone sum {alone:.3f} ms; "
               f"step/sum {m / alone:.2f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ demo and the benchmarks, so their actions agree exactly. A step is
 
 By default the encoder graphs and the policy graph are merged into ONE graph at load time
 (``fuse=True``; checked against the chained sessions during warm-up), so a step is one ONNX
-Runtime call. The separate sessions remain, chained with IO binding (the embedding buffers
+Runtime call; encoders that read the same camera with the same input spec share one frame
+input there. Every graph first gets exact rewrites (``rewrite=True``, see :mod:`wsa_ros.graph_rewrites`:
+the /255 folded into the first conv, large Flatten->Gemm as a full-map Conv), each checked
+against the original file on random inputs when loaded. The separate sessions remain, chained with IO binding (the embedding buffers
 an encoder writes are the very buffers the policy reads; on CUDA/TensorRT they never leave
 the GPU), for ``embed``/``act``, per-stage timings (``fuse=False``) and benchmarks.
 
@@ -31,6 +34,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle, BundleError, EncoderSpec, ProprioSpec, load_bundle
+from .graph_rewrites import REWRITE_TOL, REWRITES, rewrite_error, rewrite_model
 
 log = logging.getLogger("wsa_ros.engine")
 
@@ -146,7 +150,8 @@ class Engine:
 
     def __init__(self, bundle: Bundle | str | os.PathLike, providers=("tensorrt", "cuda", "cpu"),
                  threads: int = 1, warmup: bool = True, cache_dir: str | None = None,
-                 device_id: int = 0, verify_hashes: bool = True, fuse: bool = True):
+                 device_id: int = 0, verify_hashes: bool = True, fuse: bool = True,
+                 rewrite: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_hashes)
         b = self.bundle
         ort = _ort()
@@ -159,7 +164,19 @@ class Engine:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
 
+        self.rewrites: dict[str, int] = {}  # graph rewrite -> times applied over all loaded graphs
+        self._protos: dict = {}  # model path -> its rewritten onnx.ModelProto (merged below)
+        # flat_gemm_to_conv answers a CPU (MLAS) weakness; on a GPU only the /255 fold is applied
+        # (the GPU paths are not measured: no GPU was lent to this work)
+        self._rewrite_set = REWRITES if plist[0][0] == "CPUExecutionProvider" else ("fold_input_scale",)
+
         def session(path: Path):
+            model = self._rewritten(path) if rewrite else None
+            if model is not None:
+                try:
+                    return session_from_bytes(model)
+                except Exception as exc:  # noqa: BLE001 - try the original graph
+                    log.warning("%s: rewritten graph does not load (%s); running the original", path, exc)
             try:
                 return ort.InferenceSession(str(path), sess_options=so,
                                             providers=[n for n, _ in plist],
@@ -193,6 +210,7 @@ class Engine:
                 self._fused_session = session_from_bytes(merged)
                 self._bind_fused()
                 self.fused = True
+        self._protos = {}
         if warmup:
             self.warmup()
 
@@ -264,8 +282,11 @@ class Engine:
         self._in_bufs: list[np.ndarray] = []
         self._emb_vals = []
         self._enc_bindings = []
-        for e, s in zip(b.encoders, self._enc_sessions):
-            buf = np.zeros(e.input.shape(1), dtype=np.uint8 if e.input.dtype == "uint8" else np.float32)
+        shared = self._shared_inputs()
+        for i, (e, s) in enumerate(zip(b.encoders, self._enc_sessions)):
+            # encoders reading the same camera with the same input spec share one buffer
+            buf = (self._in_bufs[shared[i]] if shared[i] != i else
+                   np.zeros(e.input.shape(1), dtype=np.uint8 if e.input.dtype == "uint8" else np.float32))
             emb = ort.OrtValue.ortvalue_from_shape_and_type([1, *e.output_shape], np.float32,
                                                             self._device, self._device_id)
             io = s.io_binding()
@@ -290,23 +311,70 @@ class Engine:
         self._policy_binding = io
         self._low = np.asarray(b.action.low, dtype=np.float64)
         self._high = np.asarray(b.action.high, dtype=np.float64)
+        self._half_range = 0.5 * (self._high - self._low)  # (a + 1) * 0.5 * range, bit for bit
         self._run_opts = None  # RunOptions() would cost ~60 us a run: ORT 1.32 probes it for a gpu_graph_id by exception
         # camera name -> indices of encoders reading it
         self._by_camera = {c: [i for i, e in enumerate(b.encoders) if e.camera == c] for c in b.cameras}
+        # camera name -> [(encoder index, (height, width))] for the buffers a frame fills
+        self._fill_plan = {c: [(i, (b.encoders[i].input.height, b.encoders[i].input.width))
+                               for i in idx if shared[i] == i] for c, idx in self._by_camera.items()}
+
+    def _count_rewrites(self, done: dict[str, int]) -> None:
+        for k, v in done.items():
+            self.rewrites[k] = self.rewrites.get(k, 0) + v
+
+    def _rewritten(self, path: Path) -> bytes | None:
+        """The model at ``path`` with the engine's graph rewrites, or None when none applies
+        (or onnx is not installed: the rewrites are an optimisation, not a requirement)."""
+        try:
+            import onnx
+
+            model = onnx.load(str(path))
+            done = rewrite_model(model, self._rewrite_set)
+            data = model.SerializeToString() if any(done.values()) else None
+            if data is not None:
+                err = rewrite_error(path, data)
+                if not err <= REWRITE_TOL:
+                    log.warning("%s: rewritten graph differs from the original (relative error %.2e); "
+                                "running the original", path, err)
+                    return None
+        except Exception as exc:  # noqa: BLE001 - run the graph as it is
+            log.info("%s: graph rewrites skipped (%s)", path, exc)
+            return None
+        self._count_rewrites(done)
+        self._protos[str(path)] = model
+        return data
+
+    def _shared_inputs(self) -> list[int]:
+        """For each encoder, the index of the first encoder with the same camera and input
+        spec: those read identical input tensors, so the merged graph gives them one input
+        (and ONNX Runtime's common-subexpression pass then converts the frame once)."""
+        b = self.bundle
+        out = []
+        for i, e in enumerate(b.encoders):
+            out.append(next(j for j in range(i + 1)
+                            if b.encoders[j].camera == e.camera and b.encoders[j].input == e.input))
+        return out
 
     def _merge_graphs(self) -> bytes | None:
-        """Every encoder graph (names prefixed ``e<i>/``) wired into the policy graph; None
-        (with a log line) when the graphs cannot be merged, e.g. different opsets."""
+        """Every encoder graph (names prefixed ``e<i>/``) wired into the policy graph, encoders
+        reading the same camera with the same input spec sharing one input; the graphs are
+        the sessions' own (rewritten when those were). None (with a log line) when the graphs
+        cannot be merged, e.g. different opsets."""
         b = self.bundle
         try:
             import onnx  # optional at run time: without it the chained sessions run
             from onnx import compose
 
-            pol = onnx.load(str(b.path(b.policy.file)))
+            def load(path):  # add_prefix and merge_models copy what they are given
+                m = self._protos.get(str(path))
+                return onnx.load(str(path)) if m is None else m
+
+            pol = load(b.path(b.policy.file))
             merged = None
             io_map = []
             for i, e in enumerate(b.encoders):
-                m = compose.add_prefix(onnx.load(str(b.path(e.file))), prefix=f"e{i}/")
+                m = compose.add_prefix(load(b.path(e.file)), prefix=f"e{i}/")
                 io_map.append((f"e{i}/{e.onnx_output}", f"emb_{e.name}"))
                 merged = m if merged is None else compose.merge_models(merged, m, io_map=[])
             ir = max(merged.ir_version, pol.ir_version)
@@ -315,6 +383,16 @@ class Engine:
                 merged, pol, io_map=io_map,
                 inputs=[f"e{i}/{e.onnx_input}" for i, e in enumerate(b.encoders)] + (["proprio"] if b.proprio else []),
                 outputs=["action", "alpha"])
+            g = merged.graph
+            for i, j in enumerate(self._shared_inputs()):
+                if i == j:
+                    continue
+                dup, keep = f"e{i}/{b.encoders[i].onnx_input}", f"e{j}/{b.encoders[j].onnx_input}"
+                for n in g.node:
+                    for k, name in enumerate(n.input):
+                        if name == dup:
+                            n.input[k] = keep
+                g.input.remove(next(x for x in g.input if x.name == dup))
             return merged.SerializeToString()
         except Exception as exc:  # noqa: BLE001 - fall back to chained sessions, which always work
             log.info("encoders and policy not merged into one graph (%s); running them as chained sessions", exc)
@@ -324,7 +402,8 @@ class Engine:
         ort, b = self._ort, self.bundle
         io = self._fused_session.io_binding()
         for i, (e, buf) in enumerate(zip(b.encoders, self._in_bufs)):
-            io.bind_ortvalue_input(f"e{i}/{e.onnx_input}", ort.OrtValue.ortvalue_from_numpy(buf))
+            if self._shared_inputs()[i] == i:
+                io.bind_ortvalue_input(f"e{i}/{e.onnx_input}", ort.OrtValue.ortvalue_from_numpy(buf))
         if b.proprio:
             io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
         io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
@@ -404,9 +483,7 @@ class Engine:
                 raise EngineError(f"no frame for camera '{cam}' (the bundle reads {self.cameras})")
             img = self._check_frame(cam, images[cam])
             sized: dict[tuple[int, int], np.ndarray] = {}  # resize once per size and camera
-            for i in idx:
-                spec = self.bundle.encoders[i].input
-                key = (spec.height, spec.width)
+            for i, key in self._fill_plan[cam]:
                 if key not in sized:
                     sized[key] = self._resize(img, *key)
                 self._fill(self.bundle.encoders[i], self._in_bufs[i], sized[key])
@@ -421,7 +498,7 @@ class Engine:
         p = np.asarray(proprio, dtype=np.float64).reshape(-1)
         if p.shape[0] != b.proprio.dim:
             raise EngineError(f"proprioception has {p.shape[0]} values, the bundle expects {b.proprio.dim}")
-        if not np.all(np.isfinite(p)):
+        if not np.isfinite(p).all():
             raise EngineError("proprioception holds NaN or inf")
         self._proprio_buf[0] = (p - self._p_mean) / self._p_std
 
@@ -444,11 +521,12 @@ class Engine:
             ta = time.perf_counter()
             self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
             timings["policy"] = time.perf_counter() - ta
-        a = self._action_buf[0].astype(np.float64)
-        if not np.all(np.isfinite(a)):
-            raise PolicyOutputError(f"policy output is not finite: {a}")
+        vals = self._action_buf[0].tolist()  # a few Python floats: cheaper to check than ufuncs
+        if not all(map(math.isfinite, vals)):
+            raise PolicyOutputError(f"policy output is not finite: {vals}")
+        a = np.array(vals, dtype=np.float64)
         alpha = self._alpha_buf[0].copy()
-        action = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+        action = self._low + (a + 1.0) * self._half_range
         timings["total"] = time.perf_counter() - t0
         return StepResult(action=action, action_norm=a, alpha=alpha, timings=timings)
 
@@ -499,4 +577,4 @@ class Engine:
         return out
 
     def scale_action(self, action_norm: np.ndarray) -> np.ndarray:
-        return self._low + (np.asarray(action_norm, np.float64) + 1.0) * 0.5 * (self._high - self._low)
+        return self._low + (np.asarray(action_norm, np.float64) + 1.0) * self._half_range

@@ -84,7 +84,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,7 +105,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from .. import images
-from ..bundle import Bundle, BundleError, compatible_with, load_bundle
+from ..bundle import BundleError, compatible_with, load_bundle
 from ..config import AgentConfig, ConfigError, resolve_bundle
 from ..engine import Engine, EngineError, PolicyOutputError
 from ..observation import JointHistory, JointReader, JointRejected

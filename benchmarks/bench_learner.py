@@ -53,9 +53,20 @@ def fake_records(spec, n: int, seed: int = 0, demo: bool = False) -> dict:
     return rec
 
 
-def default_head_bundle(tmp: Path):
-    """A bundle with the default head hyper-parameters on encoders shaped like the default
-    bundle's (ae [64,7,7] context+feature, idm [64], kp [8,2]; proprio 4; 2 actions)."""
+DEFAULT_LIKE = {"ae": ([64, 7, 7], "both"), "idm": ([64], "feature"), "kp": ([8, 2], "feature")}
+# the head sweep: how fast one update can be when the head gets smaller (same encoders' names,
+# vector embeddings instead of the autoencoder's spatial map)
+VECTORS = {"ae": ([64], "both"), "idm": ([64], "feature"), "kp": ([16], "feature")}
+SWEEP = [("vector embeddings, d 64, hidden 256", VECTORS, {}),
+         ("vector embeddings, d 64, hidden 64", VECTORS, {"actor_hidden": [64, 64], "critic_hidden": [64, 64]}),
+         ("vector embeddings, d 32, hidden 64", VECTORS, {"d": 32, "actor_hidden": [64, 64],
+                                                          "critic_hidden": [64, 64]})]
+
+
+def default_head_bundle(tmp: Path, shapes: dict | None = None, name: str = "default-like", **head_opts):
+    """A bundle with the default head hyper-parameters (or ``head_opts``) on encoders shaped like
+    the default bundle's (``shapes``; default ae [64,7,7] context+feature, idm [64], kp [8,2];
+    proprio 4; 2 actions)."""
     import torch
 
     from wsa_ros.bundle import ActionSpec, InputSpec, ProprioSpec
@@ -71,11 +82,13 @@ def default_head_bundle(tmp: Path):
         def forward(self, x):
             return self.lin(x.mean(dim=(2, 3))).reshape(x.shape[0], *self.shape)
 
-    shapes = {"ae": ([64, 7, 7], "both"), "idm": ([64], "feature"), "kp": ([8, 2], "feature")}
+    shapes = shapes or DEFAULT_LIKE
     srcs = [EncoderSource(n, "front", InputSpec(84, 84), role, module=Enc(s)) for n, (s, role) in shapes.items()]
-    head = make_head_config("wsa", [{"name": n, "output_shape": s, "role": r} for n, (s, r) in shapes.items()], 2, 4)
+    head = make_head_config("wsa", [{"name": n, "output_shape": s, "role": r} for n, (s, r) in shapes.items()], 2, 4,
+                            **head_opts)
     joints = ["joint0", "joint1"]
-    return export_bundle(tmp / "default-like", FusionPolicy.from_config(head), srcs,
+    out = tmp / name.replace(" ", "_").replace(",", "")
+    return export_bundle(out, FusionPolicy.from_config(head), srcs,
                          ActionSpec("velocity", joints, [-3.0, -3.0], [3.0, 3.0], "rad/s"),
                          ProprioSpec(joints, ["position", "velocity"], [0.0] * 4, [1.0] * 4),
                          name="default-like", version="1")
@@ -272,6 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--head-sweep", action="store_true",
+                    help="also time smaller heads (vector embeddings; hidden 256 / 64; d 64 / 32), 1 thread")
     ap.add_argument("--domain", type=int, default=118)
     args = ap.parse_args(argv)
 
@@ -301,6 +316,18 @@ def main(argv=None) -> int:
             label = f"  torch threads {threads}, actor every {actor_every} critic step(s)"
             print(f"{label:44s} {r['per_s_wall']:9.1f} {r['per_s_cpu']:12.1f} {r['sample_ms']:10.2f} "
                   f"{r['update_ms']:10.2f} {r['gflop']:10.3f}")
+    if args.head_sweep:
+        import torch
+
+        from wsa_ros.model.export import load_policy_module
+
+        for label, shapes, opts in SWEEP:
+            hb = default_head_bundle(tmp, shapes, label, **opts)
+            r = bench_updates(hb, args.batch, args.seconds, 1, 1)
+            n = sum(p.numel() for p in load_policy_module(hb).parameters())
+            print(f"{'  ' + label + f' ({n // 1000}k params)':44s} {r['per_s_wall']:9.1f} {r['per_s_cpu']:12.1f} "
+                  f"{r['sample_ms']:10.2f} {r['update_ms']:10.2f} {r['gflop']:10.3f}")
+        torch.set_num_threads(1)
     print("  target: >= 500 updates/s on 2 CPU cores (= 500 x GFLOP/upd GFLOP/s of arithmetic)\n")
 
     print(f"{'ingest (assembler + checks + store)':44s} {'transitions/s':>14s}")

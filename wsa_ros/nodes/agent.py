@@ -241,9 +241,9 @@ class AgentNode(Node):
         # alpha publishers) lives on a companion node, <name>_rt, served in its own thread
         # by a bare wait set (control_loop.py; or rclpy's single-threaded executor):
         # nothing else ever waits in its queue, and rclpy's multi-threaded executor
-        # (hand-off to a worker thread per callback) stays off the hot path. This node keeps parameters, services, e-stop and
-        # diagnostics on a multi-threaded executor, so a hot-swap being validated in the
-        # parameter service never delays a tick. Topic names are resolved (and remapped)
+        # (hand-off to a worker thread per callback) stays off the hot path. This node
+        # keeps parameters, services, e-stop and diagnostics on a multi-threaded executor,
+        # so a hot-swap being validated in the parameter service never delays a tick. Topic names are resolved (and remapped)
         # here, so the companion subscribes and publishes exactly where this node would.
         uses_sim_time = bool(self.get_parameter("use_sim_time").value)
         self.rt = rclpy.create_node(

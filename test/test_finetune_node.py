@@ -350,7 +350,10 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
             if r != pytest.approx(want, abs=1e-5):
                 bad.append((i, float(r), want, env.rewards.get(n_)))
     assert not bad, f"rewards attributed to the wrong step: {bad[:10]} of {len(stamps)}"
-    assert checked >= 0.9 * len(stamps)
+    # rows with a reward published within 3 ms of a record are ambiguous by construction and
+    # skipped (every other row must be exact, above); on a loaded 2-core machine publish times
+    # bunch up (up to ~30 % skipped at load 4), so require that at least half were checked
+    assert checked >= 0.5 * len(stamps), (checked, len(stamps))
     # robot /r2 (records published in step with the frames): each step's reward is the one
     # published before its next frame
     r2 = d["source"] == "/r2"

@@ -241,6 +241,23 @@ def _log(log: Callable[[str], None] | None, msg: str) -> None:
         log(msg)
 
 
+def _fit(model: nn.Module, batches, loss_of: Callable, steps: int, lr: float, log, what: str) -> tuple[float, float]:
+    """Adam on ``loss_of(batch_indices)`` for each of ``batches``, logging ``what`` every 200
+    steps; leaves the model in eval mode. Returns (last loss, seconds)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t0, loss_v = time.time(), float("nan")
+    for i, idx in enumerate(batches):
+        loss = loss_of(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_v = float(loss.detach())
+        if i % 200 == 0 or i == steps - 1:
+            _log(log, what.format(i=i, steps=steps, loss=loss_v))
+    model.eval()
+    return loss_v, time.time() - t0
+
+
 def train_autoencoder(
     frames: np.ndarray,
     steps: int = 600,
@@ -256,25 +273,20 @@ def train_autoencoder(
     gen = torch.Generator().manual_seed(seed)
     n, h, w, _ = frames.shape
     model = ConvAutoencoder(h, w, second_stride=second_stride)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     bg = background_of(frames)
-    t0, loss_v = time.time(), float("nan")
-    for i, idx in enumerate(_batches(n, batch, steps, gen)):
+
+    def loss_of(idx):
         x = frames_to_tensor(frames[idx.numpy()])
         wgt = 1.0 + foreground_weight * (x - bg).abs().sum(dim=1, keepdim=True)
         recon, _ = model(x)
-        loss = (wgt * (recon - x) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-        if i % 200 == 0 or i == steps - 1:
-            _log(log, f"autoencoder step {i}/{steps} weighted mse {loss_v:.5f}")
-    model.eval()
+        return (wgt * (recon - x) ** 2).mean()
+
+    loss_v, secs = _fit(model, _batches(n, batch, steps, gen), loss_of, steps, lr, log,
+                        "autoencoder step {i}/{steps} weighted mse {loss:.5f}")
     with torch.no_grad():
         x = frames_to_tensor(frames[: min(n, 256)])
         mse = float(((model(x)[0] - x) ** 2).mean())
-    return model, {"steps": steps, "batch": batch, "final_loss": loss_v, "mse": mse, "seconds": time.time() - t0}
+    return model, {"steps": steps, "batch": batch, "final_loss": loss_v, "mse": mse, "seconds": secs}
 
 
 def train_inverse_dynamics(
@@ -297,21 +309,17 @@ def train_inverse_dynamics(
         raise ValueError("inverse dynamics: no transitions (every next_index is < 0)")
     _, h, w, _ = frames.shape
     model = InverseDynamics(h, w, actions.shape[1], dim)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     acts = torch.as_tensor(actions, dtype=torch.float32)
-    t0, loss_v = time.time(), float("nan")
-    for i, j in enumerate(_batches(len(valid), batch, steps, gen)):
+
+    def loss_of(j):
         idx = valid[j.numpy()]
         pred = model(frames_to_tensor(frames[idx]), frames_to_tensor(frames[next_index[idx]]))
-        loss = F.mse_loss(pred, acts[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-        if i % 200 == 0 or i == steps - 1:
-            _log(log, f"inverse dynamics step {i}/{steps} action mse {loss_v:.4f}")
-    model.eval()
-    return model, {"steps": steps, "batch": batch, "final_loss": loss_v, "action_var": float(acts[valid].var()), "seconds": time.time() - t0}
+        return F.mse_loss(pred, acts[idx])
+
+    loss_v, secs = _fit(model, _batches(len(valid), batch, steps, gen), loss_of, steps, lr, log,
+                        "inverse dynamics step {i}/{steps} action mse {loss:.4f}")
+    return model, {"steps": steps, "batch": batch, "final_loss": loss_v, "action_var": float(acts[valid].var()),
+                   "seconds": secs}
 
 
 def train_keypoints(
@@ -329,23 +337,18 @@ def train_keypoints(
     gen = torch.Generator().manual_seed(seed)
     n, h, w, _ = frames.shape
     model = KeypointAutoencoder(h, w, keypoints)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     bg = model.target(background_of(frames))
-    t0, loss_v = time.time(), float("nan")
-    for i, idx in enumerate(_batches(n, batch, steps, gen)):
+
+    def loss_of(idx):
         x = frames_to_tensor(frames[idx.numpy()])
         tgt = model.target(x)
         wgt = 1.0 + foreground_weight * (tgt - bg).abs().sum(dim=1, keepdim=True)
         recon, _ = model(x)
-        loss = (wgt * (recon - tgt) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-        if i % 200 == 0 or i == steps - 1:
-            _log(log, f"keypoints step {i}/{steps} weighted mse {loss_v:.5f}")
-    model.eval()
-    return model, {"steps": steps, "batch": batch, "keypoints": keypoints, "final_loss": loss_v, "seconds": time.time() - t0}
+        return (wgt * (recon - tgt) ** 2).mean()
+
+    loss_v, secs = _fit(model, _batches(n, batch, steps, gen), loss_of, steps, lr, log,
+                        "keypoints step {i}/{steps} weighted mse {loss:.5f}")
+    return model, {"steps": steps, "batch": batch, "keypoints": keypoints, "final_loss": loss_v, "seconds": secs}
 
 
 # --------------------------------------------------------------------------- ONNX

@@ -172,6 +172,18 @@ def _bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
     return {"steps": steps, "samples": n, "train_mse": train_loss, "val_mse": val_loss, "last_batch_mse": last}
 
 
+def _run_episode(sim, obs, act) -> tuple[bool, bool, float]:
+    """Step ``act(obs) -> action`` from ``obs`` until the time limit; returns (success at the
+    last step, success at any step, final distance)."""
+    reached, info = False, sim.info()
+    for _ in range(sim.max_steps):
+        obs, _, _, truncated, info = sim.step(act(obs))
+        reached = reached or info["success"]
+        if truncated:
+            break
+    return info["success"], reached, info["distance"]
+
+
 def _rollout(sim, sessions, specs, policy, pnorm, episodes, seed_base, collect_labels=True):
     """Run the torch policy on ORT embeddings; returns embeddings, proprio, expert labels, stats."""
     import torch
@@ -182,29 +194,27 @@ def _rollout(sim, sessions, specs, policy, pnorm, episodes, seed_base, collect_l
     high = sim.action_high
     embs = {s.name: [] for s in specs}
     props, labels, succ_end, succ_any, dists, alphas = [], [], [], [], [], []
+
+    def act(obs):
+        e = {s.name: onnx_embed(sessions[s.name], obs["image"], s.input) for s in specs}
+        p = np.concatenate([obs["position"], obs["velocity"]])
+        pn = ((p - pnorm[0]) / pnorm[1]).astype(np.float32)[None]
+        with torch.no_grad():
+            a, alpha = policy.deterministic_action({k: torch.from_numpy(v) for k, v in e.items()}, torch.from_numpy(pn))
+        if collect_labels:
+            for k, v in e.items():
+                embs[k].append(v[0])
+            props.append(pn[0])
+            labels.append(expert_action(sim) / high)
+        alphas.append(alpha.numpy()[0])
+        return a.numpy()[0].astype(np.float64) * high
+
     for ep in range(episodes):
         obs = sim.reset(seed=seed_base + ep, arm=("default", "random")[ep % 2])
-        reached = False
-        info = sim.info()
-        for _ in range(sim.max_steps):
-            e = {s.name: onnx_embed(sessions[s.name], obs["image"], s.input) for s in specs}
-            p = np.concatenate([obs["position"], obs["velocity"]])
-            pn = ((p - pnorm[0]) / pnorm[1]).astype(np.float32)[None]
-            with torch.no_grad():
-                a, alpha = policy.deterministic_action({k: torch.from_numpy(v) for k, v in e.items()}, torch.from_numpy(pn))
-            if collect_labels:
-                for k, v in e.items():
-                    embs[k].append(v[0])
-                props.append(pn[0])
-                labels.append(expert_action(sim) / high)
-            alphas.append(alpha.numpy()[0])
-            obs, _, _, truncated, info = sim.step(a.numpy()[0].astype(np.float64) * high)
-            reached = reached or info["success"]
-            if truncated:
-                break
-        succ_end.append(info["success"])
+        end, reached, dist = _run_episode(sim, obs, act)
+        succ_end.append(end)
         succ_any.append(reached)
-        dists.append(info["distance"])
+        dists.append(dist)
     stats = {
         "episodes": episodes,
         "success_final": float(np.mean(succ_end)),
@@ -229,24 +239,19 @@ def evaluate_bundle(bundle, episodes: int, seed: int, image_size: int, max_steps
     for who in ("policy", "expert"):
         succ_end, succ_any, dists, alphas = [], [], [], []
         with ReacherSim(seed=seed, image_size=image_size, max_steps=max_steps, render=(who == "policy")) as sim:
+
+            def act(obs):
+                if who != "policy":
+                    return expert_action(sim)
+                r = engine.step({cam: obs["image"]}, np.concatenate([obs["position"], obs["velocity"]]))
+                alphas.append(r.alpha)
+                return r.action
+
             for ep in range(episodes):
-                obs = sim.reset(seed=seed + ep)
-                reached, info = False, sim.info()
-                for _ in range(max_steps):
-                    if who == "policy":
-                        p = np.concatenate([obs["position"], obs["velocity"]])
-                        r = engine.step({cam: obs["image"]}, p)
-                        alphas.append(r.alpha)
-                        a = r.action
-                    else:
-                        a = expert_action(sim)
-                    obs, _, _, truncated, info = sim.step(a)
-                    reached = reached or info["success"]
-                    if truncated:
-                        break
-                succ_end.append(info["success"])
+                end, reached, dist = _run_episode(sim, sim.reset(seed=seed + ep), act)
+                succ_end.append(end)
                 succ_any.append(reached)
-                dists.append(info["distance"])
+                dists.append(dist)
         res[who] = {
             "success_final": float(np.mean(succ_end)),
             "within_5cm_final": float(np.mean(np.asarray(dists) < 0.05)),

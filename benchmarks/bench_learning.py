@@ -709,9 +709,9 @@ def _json_default(o):
 
 
 def plot_curves(path: Path, runs: list[dict], methods: list[str], chosen: str | None) -> list[str]:
-    from wsa_ros.plots import _pyplot
+    from wsa_ros.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = plt.get_cmap("tab10").colors
     for i, m in enumerate(methods):
@@ -731,9 +731,7 @@ def plot_curves(path: Path, runs: list[dict], methods: list[str], chosen: str | 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Deterministic-policy evaluation, mean ± std over seeds", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return [path.name]
 
 

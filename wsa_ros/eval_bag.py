@@ -287,10 +287,9 @@ def latency_stats(res: EvalResult) -> dict[str, dict[str, float]]:
 
 
 def _plots(res: EvalResult, out: Path) -> list[str]:
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = _col(res.rows, "t_s")
     files = []
@@ -305,9 +304,7 @@ def _plots(res: EvalResult, out: Path) -> list[str]:
     axes[0, 0].legend(loc="upper right")
     axes[-1, 0].set_xlabel("bag time (s)")
     fig.suptitle("actions")
-    fig.tight_layout()
-    fig.savefig(out / "actions.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "actions.png", dpi=90)
     files.append("actions.png")
 
     fig, ax = plt.subplots(figsize=(9, 2.8))
@@ -318,9 +315,7 @@ def _plots(res: EvalResult, out: Path) -> list[str]:
     ax.set_ylabel("α")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "alpha.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "alpha.png", dpi=90)
     files.append("alpha.png")
 
     stages = [c for c in columns(res.rows) if c.startswith("ms_") and c != "ms_total"]
@@ -331,9 +326,7 @@ def _plots(res: EvalResult, out: Path) -> list[str]:
     a2.boxplot([_col(res.rows, s) for s in stages], tick_labels=[s[3:] for s in stages], showfliers=False)
     a2.set_ylabel("ms")
     a2.tick_params(axis="x", rotation=30, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "latency.png", dpi=90)
     files.append("latency.png")
     return files
 

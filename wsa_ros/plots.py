@@ -18,13 +18,24 @@ import numpy as np
 COLLAPSE_MEAN = 0.9  # an encoder with a mean alpha above this carries the policy alone
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
 
 
 def moving_average(x: Sequence[float], window: int) -> np.ndarray:
@@ -43,7 +54,7 @@ def success_rate_plot(path, success: Sequence[bool], returns: Sequence[float] | 
                       window: int = 20, title: str = "Success rate over time") -> Path:
     """Success per episode (dots) and its trailing ``window``-episode mean (line) against
     wall-clock minutes (or the episode index); the return below; policy changes as dashed lines."""
-    plt = _pyplot()
+    plt = pyplot()
     s = np.asarray(success, dtype=np.float64)
     n = s.size
     x = np.asarray(minutes, dtype=np.float64) if minutes is not None else np.arange(1, n + 1, dtype=np.float64)
@@ -76,19 +87,14 @@ def success_rate_plot(path, success: Sequence[bool], returns: Sequence[float] | 
                 axes[0, 0].annotate(f"v{v[i]}", (x[i], 1.02), fontsize=7, color="gray", ha="left")
     axes[0, 0].legend(loc="lower right", fontsize=8)
     axes[-1, 0].set_xlabel(xlabel)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def alpha_episode_plot(path, episodes: Sequence[tuple[str, np.ndarray]], names: Sequence[str],
                        title: str = "Attention weight (alpha) per encoder over an episode") -> Path:
     """``episodes``: (label, alpha array [T, K]) pairs, one panel each (e.g. the first and the
     last episode of a run); stacked areas, since the weights of a step sum to one."""
-    plt = _pyplot()
+    plt = pyplot()
     episodes = [(lab, np.asarray(a, dtype=np.float64).reshape(len(a), -1)) for lab, a in episodes]
     if not episodes:
         raise ValueError("no episode with alpha values to plot")
@@ -110,12 +116,7 @@ def alpha_episode_plot(path, episodes: Sequence[tuple[str, np.ndarray]], names: 
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("agent step in the episode")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def alpha_stats(alpha: np.ndarray, names: Sequence[str]) -> dict:

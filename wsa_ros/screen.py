@@ -657,10 +657,9 @@ def write_report(res: dict, out: Path) -> Path:
 
 
 def _plot(res: dict, out: Path) -> str | None:
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     enc = res["encoders"]
     if not enc:
@@ -675,9 +674,7 @@ def _plot(res: dict, out: Path) -> str | None:
     a2.barh(y, [e["ms_mean"] for e in enc], color="tab:orange")
     a2.set_yticks(y, names)
     a2.set_xlabel("ms / frame")
-    fig.tight_layout()
-    fig.savefig(out / "screen.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "screen.png", dpi=90)
     return "screen.png"
 
 

@@ -31,6 +31,16 @@ def _env(domain: int) -> dict:
     return env
 
 
+def _spin_until_quiet(ex, received: list, quiet_s: float) -> None:
+    """Spin until nothing has arrived in ``received`` for ``quiet_s`` (drains what is queued)."""
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        n = len(received)
+        ex.spin_once(timeout_sec=0.02)
+        if len(received) != n:
+            quiet_since = time.monotonic()
+
+
 def replay_and_receive(domain: int, bag: Path, topics: dict[str, type], args: list[str], timeout: float = 40.0):
     """Subscribe to ``topics`` ({published topic: class}), run the replay process with
     ``--wait-for-subscribers 1`` and collect [(topic, msg)] in arrival order."""
@@ -52,12 +62,7 @@ def replay_and_receive(domain: int, bag: Path, topics: dict[str, type], args: li
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             ex.spin_once(timeout_sec=0.02)
-        quiet_since = time.monotonic()  # drain what is still queued (replay waited for acks)
-        while time.monotonic() - quiet_since < 0.3:
-            n = len(got)
-            ex.spin_once(timeout_sec=0.02)
-            if len(got) != n:
-                quiet_since = time.monotonic()
+        _spin_until_quiet(ex, got, 0.3)  # drain what is still queued (replay waited for acks)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -217,12 +222,7 @@ def test_replay_into_agent_equals_eval_bag(tiny_bundle, tmp_path):
             env=_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while replay_proc.poll() is None and time.monotonic() < deadline + 30:
             ex.spin_once(timeout_sec=0.02)
-        quiet = time.monotonic()
-        while time.monotonic() - quiet < 0.5:
-            n = len(records)
-            ex.spin_once(timeout_sec=0.02)
-            if len(records) != n:
-                quiet = time.monotonic()
+        _spin_until_quiet(ex, records, 0.5)
     finally:
         for p in (replay_proc, agent):
             if p is not None and p.poll() is None:

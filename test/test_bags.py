@@ -226,6 +226,7 @@ def test_joint_reader_reorders_checks_and_matches_build_proprio():
     for _ in range(2):  # the second reading uses the cached plan
         measured, proprio = rd.read(names, pos, vel)
         np.testing.assert_array_equal(measured, [2.0])
+        np.testing.assert_array_equal(proprio, [1.0, 2.0, 0.1, 0.2])  # per field, a then b
         np.testing.assert_array_equal(proprio, build_proprio(spec, names, pos, vel))
     bad = [((["a", "a", "b"], [0.0] * 3, []), "joint_malformed", "repeats joint name"),
            ((["a"], [0.0], []), "joint_missing", "lacks joint(s) ['b']"),

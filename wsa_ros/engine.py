@@ -66,26 +66,14 @@ class StepResult:
 def build_proprio(spec: ProprioSpec, names, position=None, velocity=None, effort=None) -> np.ndarray:
     """Joint readings (any order, e.g. a JointState's) -> the vector the bundle expects:
     for each field in ``spec.fields``, every joint in ``spec.joint_names`` order.
-    Raises ValueError naming a missing joint, a missing field or a non-finite value."""
-    index = {n: i for i, n in enumerate(names)}
-    missing = [j for j in spec.joint_names if j not in index]
-    if missing:
-        raise ValueError(f"joint(s) {missing} missing from the joint state (have {list(names)})")
-    src = {"position": position, "velocity": velocity, "effort": effort}
-    out = np.empty(spec.dim, dtype=np.float64)
-    k = 0
-    for fld in spec.fields:
-        vals = src[fld]
-        if vals is None or len(vals) != len(names):
-            raise ValueError(f"joint state has no '{fld}' values for its {len(names)} joints "
-                             f"(got {0 if vals is None else len(vals)})")
-        for j in spec.joint_names:
-            v = float(vals[index[j]])
-            if not math.isfinite(v):
-                raise ValueError(f"joint '{j}' {fld} is not finite ({v})")
-            out[k] = v
-            k += 1
-    return out
+    Raises ValueError (``observation.JointRejected``) naming a missing joint, a missing
+    field or a non-finite value. One rule with the agent's :class:`observation.JointReader`."""
+    from .observation import JointReader
+
+    def vals(v):
+        return () if v is None else v
+
+    return JointReader((), spec).read(names, vals(position), vals(velocity), vals(effort))[1]
 
 
 def preprocess(frames, spec: EncoderSpec) -> np.ndarray:

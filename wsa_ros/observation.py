@@ -151,8 +151,9 @@ class JointRejected(ValueError):
 
 class JointReader:
     """sensor_msgs/JointState fields (any joint order, extra joints ignored) -> the action
-    joints' positions and the bundle's proprioception vector (``engine.build_proprio``'s
-    layout: per field, the spec's joints in order), with every check the agent makes:
+    joints' positions and the bundle's proprioception vector (per field, the spec's joints
+    in order; ``engine.build_proprio`` is this reader without action joints), with every
+    check the agent makes:
     repeated or missing names, field lengths, NaN/inf. The index arrays are kept per list
     of names (a robot sends the same list every time), so a reading costs a few numpy
     gathers. ``read`` raises :class:`JointRejected` with key ``joint_malformed``,

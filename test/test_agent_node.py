@@ -280,6 +280,42 @@ def test_teleop_overrides_the_policy_while_fresh(tiny_bundle, engine1):
     assert int(d["teleop_steps_total"]) == teleop_steps and n_bad > 0
 
 
+def test_exploration_noise_goes_through_the_limits_and_is_recorded_as_sent(tiny_bundle, engine1):
+    """exploration_std > 0: the command is the policy's action plus Gaussian noise of that std
+    (policy units), clamped to the bounds; the record keeps the policy's own output beside
+    the command sent, which is what the fine-tuner trains on."""
+    std = 0.3
+    with AgentProcess(30, base_params(tiny_bundle, start_enabled=True, exploration_std=std)) as agent, \
+            Peer(30) as peer:
+        peer.publisher(CAM, "image")
+        peer.publisher(JS, "joints")
+        start(peer, agent, [CAM, JS])
+        st = Streamer(peer, [CAM], JS, 30.0).start()
+        try:
+            wait_for(lambda: len(peer.snapshot("records")) >= 60, 30, "60 actions")
+        finally:
+            st.stop()
+        with peer.lock:
+            records = list(peer.records)
+        assert agent.alive(), agent.output()
+    b = engine1.bundle
+    low, high = np.asarray(b.action.low), np.asarray(b.action.high)
+    p = proprio([0.1, -0.2], [0.0, 0.0])
+    noise = []
+    for _, rec in records:
+        want = engine1.step({"front": st.frames[stamp_key(rec.header.stamp)][0]}, p)
+        np.testing.assert_allclose(rec.effort, want.action, atol=1e-9)  # the policy's own action
+        np.testing.assert_allclose(rec.velocity, want.action_norm, atol=1e-6)
+        sent = np.asarray(rec.position)
+        assert np.all(sent >= low - 1e-12) and np.all(sent <= high + 1e-12), sent
+        sent_norm = 2.0 * (sent - low) / (high - low) - 1.0
+        inside = np.abs(sent_norm) < 1.0 - 1e-9  # not clamped at a bound
+        noise.extend((sent_norm - want.action_norm)[inside].tolist())
+    noise = np.asarray(noise)
+    assert len(noise) >= 60, len(noise)
+    assert 0.6 * std < noise.std() < 1.4 * std and abs(noise.mean()) < 0.15, (noise.mean(), noise.std())
+
+
 # =============================================================================== watchdog, e-stop
 def _zeros(cmd) -> bool:
     return all(v == 0.0 for v in cmd.data)

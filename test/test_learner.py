@@ -146,6 +146,48 @@ def test_behaviour_cloning_imitates_the_demonstrations():
     assert after >= before + 0.5 * (expert - before)
 
 
+def test_critic_warmup_freezes_trunk_and_actor_and_the_prior_holds_the_actor_near_its_start():
+    """Fine-tuning a pre-trained policy: during ``critic_warmup`` only the critic's own layers
+    move; afterwards everything trains, and ``prior_weight`` keeps the actor's actions near the
+    starting policy's (measured against the same run without the prior)."""
+    torch.set_num_threads(1)
+    task = StateTask(7)
+    replay = Replay(task.spec, 5000, holdout_every=0)
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        replay.add(task.episode(lambda e: rng.uniform(-1, 1, 2), 700 + i)[1])
+    probe = replay.sample(256, 0.0)["obs"]
+
+    def run(prior_weight: float):
+        torch.manual_seed(7)
+        policy = small_policy(7, task.ENCODERS)
+        start = copy.deepcopy(policy)
+        learner = SACLearner(policy, SACConfig(batch_size=32, critic_warmup=20, prior_weight=prior_weight, lr=3e-3))
+
+        def moved(part: str) -> bool:
+            now = getattr(policy, f"{part}_parameters")()
+            then = getattr(start, f"{part}_parameters")()
+            return any(not torch.equal(a, b) for a, b in zip(now, then))
+
+        for _ in range(20):
+            m = learner.update(replay.sample(32, 0.0))
+            assert "loss_actor" not in m
+        assert moved("critic") and not moved("fusion") and not moved("actor")
+        for _ in range(150):
+            m = learner.update(replay.sample(32, 0.0))
+        assert moved("fusion") and moved("actor") and "loss_actor" in m
+        with torch.no_grad():
+            e = {k: v for k, v in probe.items()}
+            gap = (torch.tanh(policy.actor(e)[0]) - torch.tanh(start.actor(e)[0])).abs().mean().item()
+        return gap, m
+
+    gap_free, m_free = run(0.0)
+    gap_prior, m_prior = run(100.0)
+    print(f"mean |a - a0| after 150 updates: {gap_free:.4f} without prior, {gap_prior:.4f} with prior weight 100")
+    assert "prior_gap" in m_prior and "prior_gap" not in m_free
+    assert gap_prior < 0.5 * gap_free
+
+
 # =============================================================================== replay
 def test_rlpd_batches_are_half_demonstrations_and_interventions_count_as_demos():
     task = StateTask(5)

@@ -91,6 +91,12 @@ class AgentConfig:
         "policy's action (same clamp and rate limit) and recorded as the action taken; the fine-tuner "
         "(intervention_topic) flags those steps as demonstrations. Empty: no teleoperation.")
     teleop_timeout_s: float = param(0.25, "How long one teleoperation command overrides the policy.", 0.0, 10.0)
+    exploration_std: float = param(
+        0.0, "Gaussian exploration noise (std, in the policy's [-1, 1] action units) added to the policy's "
+        "action before the clamp and rate limit, so that the fine-tuner sees actions around the policy's "
+        "choice, not only the choice itself (an off-policy critic cannot rank actions it never saw). "
+        "The command sent, noise included, is what ~/action_record records and what the learner trains "
+        "on. 0 = off: the deterministic policy. Teleoperation is never perturbed.", 0.0, 1.0)
     estop_topic: str = param(
         "~/estop", "std_msgs/Bool e-stop input: true engages (latched), false releases; ~/enable "
         "is needed afterwards. Subscribed best-effort so any publisher QoS matches.")
@@ -179,6 +185,14 @@ class FinetuneConfig:
     tau: float = param(0.005, "Polyak rate of the target critic and target fusion trunk.", 1e-5, 1.0)
     init_temperature: float = param(0.01, "Initial SAC entropy temperature (auto-tuned).", 1e-6, 100.0)
     actor_every: int = param(1, "Actor and temperature step every N critic updates.", 1, 100)
+    critic_warmup: int = param(
+        0, "The first N updates train the critic's own layers only (fusion trunk and actor frozen), so a "
+        "fresh critic learns the starting policy's values before it may move the trunk the actor reads.",
+        0, 10**9)
+    prior_weight: float = param(
+        0.0, "Actor loss + this x ||pi(s) - pi_0(s)||^2, pi_0 = the starting bundle's policy (frozen): "
+        "fine-tuning a pre-trained (behaviour-cloned) policy improves it near what it already does "
+        "instead of first unlearning it under a young critic. 0 = plain SAC.", 0.0, 1e6)
     utd: int = param(1, "Updates per received transition (update-to-data ratio).", 1, 64)
     warmup_transitions: int = param(500, "Online transitions before the first update.", 0, 10**9)
     bc_steps: int = param(0, "Behaviour-cloning steps on the demonstrations before online training "

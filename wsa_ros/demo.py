@@ -228,7 +228,8 @@ def _rate(xs) -> float:
 # ============================================================================ summary
 def summarize(episodes: list[Episode], alpha_all: list, names: list[str], window: int) -> dict:
     """Success early vs late (first vs last quarter of counted episodes, at least 10 each), the
-    trend, per policy version, latency, alpha statistics."""
+    trend, per policy version, latency, alpha statistics. ``rising``: late - early > 2 standard
+    errors, a positive trend, and more than one policy version acted."""
     from .plots import alpha_stats
 
     eps = [e for e in episodes if e.counted]
@@ -246,7 +247,10 @@ def summarize(episodes: list[Episode], alpha_all: list, names: list[str], window
             "success_early": _rate(early), "success_late": _rate(late), "early_late_episodes": int(early.size),
             "success_change": _rate(late) - _rate(early), "success_change_stderr": se,
             "success_slope_per_100_episodes": slope,
-            "rising": bool(n >= 20 and _rate(late) - _rate(early) > 1.0 * se and slope > 0),
+            # a rise counts only when it is two standard errors clear of noise and a new policy
+            # acted (the same policy's success wanders by chance)
+            "rising": bool(n >= 20 and _rate(late) - _rate(early) > 2.0 * se and slope > 0
+                           and len({e.version for e in eps}) > 1),
             "final_window_success": _rate(s[-window:]),
         })
         by_v: dict[str, list[bool]] = {}

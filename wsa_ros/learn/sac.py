@@ -66,6 +66,8 @@ class SACConfig:
     init_temperature: float = 0.01  # SAC entropy temperature at start
     target_entropy: float | None = None  # None: -action_dim / 2 (RLPD)
     actor_every: int = 1  # actor + temperature step every N critic steps (SERL uses 2)
+    critic_warmup: int = 0  # first N updates: critic layers only (trunk and actor frozen)
+    prior_weight: float = 0.0  # actor loss + w * ||pi(s) - pi_0(s)||^2, pi_0 = the policy at start
     grad_clip: float = 10.0  # max gradient norm per optimizer; 0 = off
     capacity: int = 200_000  # online buffer (SERL: 200k); demos get their own
 
@@ -180,6 +182,9 @@ class SACLearner:
         self.temp_opt = torch.optim.Adam([self.log_temp], lr=cfg.lr)
         self._online = self.policy.fusion_parameters() + self.policy.critic_parameters()
         self._target = self.target.fusion_parameters() + self.target.critic_parameters()
+        self.prior = None
+        if cfg.prior_weight > 0:  # the starting policy (e.g. behaviour cloning), frozen
+            self.prior = copy.deepcopy(self.policy).requires_grad_(False)
         self.updates = 0
 
     def proprio(self, td_obs) -> torch.Tensor | None:
@@ -204,26 +209,34 @@ class SACLearner:
         not_term = 1.0 - nxt["terminated"].reshape(-1).float()
         temp = self.log_temp.detach().exp()
 
-        # ---- critic (the fusion trunk learns here)
+        # ---- critic (the fusion trunk learns here, after the critic warm-up)
+        warmup = self.updates < cfg.critic_warmup
         with torch.no_grad():
             next_state, _ = tgt.features(_embs(nxt["obs"]), self.proprio(nxt["obs"]))
             mean, log_std = pol.actor_from_state(next_state)
             next_a, next_logp = pol.squash(mean, log_std)
             q1_t, q2_t = tgt.critic_from_state(next_state, next_a)
             y = reward + cfg.discount * not_term * (torch.min(q1_t, q2_t) - temp * next_logp)
-        state, alpha_w = pol.features(_embs(obs), self.proprio(obs))
+        with torch.set_grad_enabled(not warmup):
+            state, alpha_w = pol.features(_embs(obs), self.proprio(obs))
         q1, q2 = pol.critic_from_state(state, action)
         loss_critic = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         self._step(self.critic_opt, self.critic_params, loss_critic)
         out = {"loss_critic": loss_critic.item(), "q": q1.detach().mean().item(), "target_q": y.mean().item()}
 
         # ---- actor and temperature (trunk output detached; only actor weights get gradients)
-        if self.updates % cfg.actor_every == 0:
+        if not warmup and self.updates % cfg.actor_every == 0:
             s = state.detach()
             mean, log_std = pol.actor_from_state(s)
             a_pi, logp = pol.squash(mean, log_std)
             q_pi = torch.min(*pol.critic_from_state(s, a_pi))
             loss_actor = (temp * logp - q_pi).mean()
+            if self.prior is not None:
+                with torch.no_grad():
+                    a0 = torch.tanh(self.prior.actor(_embs(obs), self.proprio(obs))[0])
+                prior_gap = (torch.tanh(mean) - a0).square().sum(-1).mean()
+                loss_actor = loss_actor + cfg.prior_weight * prior_gap
+                out["prior_gap"] = prior_gap.item()
             grads = torch.autograd.grad(loss_actor, self.actor_params)
             for p_, g in zip(self.actor_params, grads):
                 p_.grad = g
@@ -348,7 +361,8 @@ class Trainer:
         ps = bundle.proprio.std if bundle.proprio else None
         self.sac_cfg = SACConfig(batch_size=cfg.batch_size, demo_ratio=cfg.demo_ratio, discount=cfg.discount,
                                  lr=cfg.lr, tau=cfg.tau, init_temperature=cfg.init_temperature,
-                                 actor_every=cfg.actor_every, capacity=cfg.capacity)
+                                 actor_every=cfg.actor_every, critic_warmup=cfg.critic_warmup,
+                                 prior_weight=cfg.prior_weight, capacity=cfg.capacity)
         self.learner = SACLearner(policy, self.sac_cfg, pm, ps, device=cfg.device)
         self.replay = Replay(self.spec, cfg.capacity, holdout_every=cfg.holdout_every)
         self.received = 0  # online transitions (stored before this run + received since)

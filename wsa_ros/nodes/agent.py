@@ -52,7 +52,8 @@ Topics (relative names resolve in the node's namespace; ``~`` is this node's own
   action sent: ``header.stamp`` = header stamp of the first camera's frame the action was
   computed from; ``header.frame_id`` = policy version (bundle manifest ``version``);
   ``name`` = action joint names; ``position`` = command sent (joint units, after clamp /
-  blend-in / rate limit); ``velocity`` = raw policy output in [-1, 1]; ``effort`` =
+  blend-in / rate limit; with ``exploration_std`` > 0 the policy's action plus Gaussian
+  noise went through them); ``velocity`` = raw policy output in [-1, 1]; ``effort`` =
   unclamped policy action in joint units. Stop commands are not recorded.
 * ``~/alpha`` (std_msgs/Float32MultiArray), every step, right after the record: the
   per-encoder attention weights; ``layout.dim[0].label`` = the feature encoder names,
@@ -233,6 +234,7 @@ class AgentNode(Node):
         self._stops = 0
         self._teleop: tuple[np.ndarray, float] | None = None  # (command, arrival monotonic)
         self._teleop_steps = 0
+        self._explore_rng = np.random.default_rng()
         self._overruns = 0
         self._diag_mark = (time.monotonic(), 0, 0)
 
@@ -550,6 +552,9 @@ class AgentNode(Node):
         if teleop is not None and time.monotonic() - teleop[1] <= self.cfg.teleop_timeout_s:
             target = teleop[0]  # a person is driving: their command, through the same safety
             self._teleop_steps += 1
+        elif self.cfg.exploration_std > 0:  # data collection for fine-tuning: noise, then the same safety
+            noise = self._explore_rng.normal(0.0, self.cfg.exploration_std, r.action_norm.shape)
+            target = eng.scale_action(np.clip(r.action_norm + noise, -1.0, 1.0))
         with self._out_lock:
             try:
                 cmd = self._sup.shape(target, now2, d.epoch)
@@ -643,6 +648,7 @@ class AgentNode(Node):
             ("teleop_active", self._teleop is not None and
              time.monotonic() - self._teleop[1] <= self.cfg.teleop_timeout_s),
             ("teleop_steps_total", self._teleop_steps),
+            ("exploration_std", f"{self.cfg.exploration_std:g}"),
             ("inference_ms_median", f"{_pct(self._step_times, 50) * 1e3:.2f}"),
             ("inference_ms_p99", f"{_pct(self._step_times, 99) * 1e3:.2f}"),
             ("tick_ms_median", f"{_pct(self._tick_times, 50) * 1e3:.2f}"),

@@ -2,7 +2,9 @@
 
 Starts the simulated arm (``sim_arm_node``), the agent (``agent_node``, enabled, on the shipped
 ``models/default`` bundle unless ``--bundle``) and the fine-tuner (``finetune_node``) as separate
-processes talking over ROS 2 on localhost, with a private ``ROS_DOMAIN_ID``. While they run it
+processes talking over ROS 2 on localhost, with a private ``ROS_DOMAIN_ID``. The agent explores
+around its policy (``exploration_std`` :data:`DEMO_EXPLORATION_STD`) and the learner uses the
+settings in :data:`DEMO_LEARNER` (both overridable with ``--param``). While they run it
 prints one line per episode (return, success, policy version, inference latency) under a
 progress bar; at the end it writes to ``--out`` (default ``out/demo``):
 
@@ -410,22 +412,13 @@ def _build_eval(bundle) -> dict:
     return {**ev["policy"], "episodes": ev.get("episodes")}
 
 
-#: learner settings for a run of minutes on a small CPU, used unless config/finetune.yaml sets them
-DEMO_LEARNER = {"export_every_updates": 300}
-
-
-def _learner_defaults(path: Path | None) -> dict:
-    if path is None:
-        return dict(DEMO_LEARNER)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return dict(DEMO_LEARNER)
-    given: set = set()
-    for block in doc.values() if isinstance(doc, dict) else []:
-        if isinstance(block, dict) and isinstance(block.get("ros__parameters"), dict):
-            given |= set(block["ros__parameters"])
-    return {k: v for k, v in DEMO_LEARNER.items() if k not in given}
+#: the demo's learner settings, over config/finetune.yaml (a robot's defaults) and under
+#: --param finetune.NAME=VALUE: small batches (4x the updates of 256 on a shared CPU), a critic
+#: warm-up before the behaviour-cloned actor may move, the actor held near that starting
+#: policy, and frequent exports
+DEMO_LEARNER = {"export_every_updates": 500, "batch_size": 64, "critic_warmup": 500, "prior_weight": 0.3}
+#: the agent explores around its policy (Gaussian noise, policy units) so the critic sees alternatives
+DEMO_EXPLORATION_STD = 0.15
 
 
 def _config_file(name: str) -> Path | None:
@@ -476,10 +469,11 @@ def main(argv=None) -> int:
     # the agent acts on every frame, on the sim's clock; a loaded 2-core machine delays messages, so the
     # observation-age watchdog is looser than on a robot (a trip is re-armed by the monitor, and counted)
     agent_p = {"bundle": str(bundle_path), "start_enabled": True, "trigger": "camera", "blend_in_s": 0.0,
-               "max_obs_age_s": 1.0, "use_sim_time": True, **extra["agent"]}
+               "max_obs_age_s": 1.0, "use_sim_time": True,
+               "exploration_std": DEMO_EXPLORATION_STD if finetune else 0.0, **extra["agent"]}
     ft_p = {"bundle": str(bundle_path), "store_dir": str((out / "replay").resolve()),
             "out_dir": str((out / "bundles").resolve()), "seed": args.seed, "use_sim_time": True,
-            **_learner_defaults(_config_file("finetune.yaml")), **extra["finetune"]}
+            **DEMO_LEARNER, **extra["finetune"]}
     commands = {"sim_arm_node": node_command("sim_arm_node", sim_p, _config_file("sim.yaml")),
                 "agent_node": node_command("agent_node", agent_p, _config_file("agent.yaml"))}
     if finetune:

@@ -56,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--episodes", type=int, default=400, help="short episodes collected for training (one target each)")
     ap.add_argument("--collect-steps", type=int, default=12, help="steps per collected episode")
     ap.add_argument("--max-steps", type=int, default=100, help="steps per DAgger/evaluation episode (0.02 s each)")
-    ap.add_argument("--ae-steps", type=int, default=250)
+    ap.add_argument("--ae-steps", type=int, default=600)
     ap.add_argument("--idm-steps", type=int, default=150)
-    ap.add_argument("--kp-steps", type=int, default=250, help="0 leaves the keypoint encoder out")
+    ap.add_argument("--kp-steps", type=int, default=1000, help="0 leaves the keypoint encoder out")
     ap.add_argument("--batch", type=int, default=32, help="encoder training batch")
     ap.add_argument("--bc-steps", type=int, default=1500)
     ap.add_argument("--bc-batch", type=int, default=128)
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dagger-steps", type=int, default=50, help="steps per DAgger episode")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--d", type=int, default=64, help="WSA embedding size")
-    ap.add_argument("--hidden", type=int, default=256, help="actor/critic hidden width (2 layers)")
+    ap.add_argument("--hidden", type=int, default=128, help="actor/critic hidden width (2 layers)")
     ap.add_argument("--fusion", default="wsa", choices=["wsa", "concat", "mean", "single"])
     ap.add_argument("--normalization", default="softmax", choices=["softmax", "relu"])
     ap.add_argument("--spatial-adapter", default="keypoints", choices=["keypoints", "conv"],
@@ -280,7 +280,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
     )
     from wsa_ros.model.export import EncoderSource, export_bundle
     from wsa_ros.model.wsa import FusionPolicy, make_head_config
-    from wsa_ros.sim.reacher import ACTION_HIGH, ACTION_LOW, JOINT_NAMES, SUCCESS_RADIUS, ReacherSim
+    from wsa_ros.sim.reacher import ACTION_HIGH, ACTION_LOW, JOINT_NAMES, SUCCESS_RADIUS, TARGET_MARKER_RADIUS, ReacherSim
 
     t_start = time.time()
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[build-bundle {time.time() - t_start:6.1f}s] {m}", flush=True))
@@ -373,6 +373,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
         "seed": args.seed,
         "task": "gymnasium Reacher-v5 (MuJoCo), velocity actions, wsa_ros.sim.ReacherSim",
         "success_radius_m": SUCCESS_RADIUS,
+        "target_marker_radius_m": TARGET_MARKER_RADIUS,
         "image_size": size,
         "frames": n,
         "episodes": args.episodes,

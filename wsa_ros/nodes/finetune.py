@@ -46,8 +46,7 @@ import rclpy
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -141,7 +140,6 @@ class FinetuneNode(Node):
         self._agent_clients: dict[str, object] = {}
         best_effort = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.BEST_EFFORT)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        group = ReentrantCallbackGroup()
         self._subs = []
         for ns in cfg.namespaces:
             src = ns or "/"
@@ -150,20 +148,19 @@ class FinetuneNode(Node):
                 t = _join(ns, topic)
                 comp = is_compressed_topic(t)
                 self._sub(CompressedImage if comp else Image, t,
-                          lambda m, info, s=src, c=cam, z=comp: self._put(info, s, "frame", c, z, m), best_effort, group)
+                          lambda m, info, s=src, c=cam, z=comp: self._put(info, s, "frame", c, z, m), best_effort)
             for kind, typ, topic, qos in (("joints", JointState, cfg.joint_states_topic, best_effort),
                                           ("record", JointState, cfg.action_record_topic, reliable),
                                           ("reward", Float64, cfg.reward_topic, reliable),
                                           ("success", Bool, cfg.success_topic, reliable),
                                           ("end", String, cfg.episode_end_topic, reliable),
                                           ("teleop", JointState, cfg.intervention_topic, best_effort)):
-                self._sub(typ, _join(ns, topic), lambda m, info, s=src, k=kind: self._put(info, s, k, m), qos, group)
+                self._sub(typ, _join(ns, topic), lambda m, info, s=src, k=kind: self._put(info, s, k, m), qos)
             agent = _join(ns, cfg.agent_node)
-            self._agent_clients[agent] = self.create_client(SetParameters, f"{agent}/set_parameters",
-                                                     callback_group=MutuallyExclusiveCallbackGroup())
+            self._agent_clients[agent] = self.create_client(SetParameters, f"{agent}/set_parameters")
         self._pub_status = self.create_publisher(String, "~/status", QoSProfile(depth=10))
         self.create_service(Trigger, "~/export_now", self._on_export_now)
-        self.create_timer(cfg.status_period_s, self._publish_status, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(cfg.status_period_s, self._publish_status)
 
         # ---------------------------------------------------------------- state for status / pushes
         self.exporting = threading.Event()
@@ -184,8 +181,8 @@ class FinetuneNode(Node):
     def log(self, msg: str) -> None:
         self.get_logger().info(msg)
 
-    def _sub(self, typ, topic, cb, qos, group):
-        self._subs.append(self.create_subscription(typ, topic, cb, qos, callback_group=group))
+    def _sub(self, typ, topic, cb, qos):
+        self._subs.append(self.create_subscription(typ, topic, cb, qos))
 
     def _encode(self, images: dict) -> dict:
         return self.engine.embed(images)
@@ -489,7 +486,10 @@ def main(argv=None) -> int:
         except (ConfigError, BundleError, EngineError, StoreError, OSError) as exc:
             rclpy.logging.get_logger(FinetuneConfig.NODE).fatal(f"cannot start: {exc}")
             return 1
-        executor = MultiThreadedExecutor(num_threads=4)
+        # every callback only queues or flips a flag (work runs on the ingest / train / export
+        # threads), so one executor thread serves them; rclpy's multi-threaded executor cost the
+        # learner a quarter of its process in hand-offs (py-spy, during the demo)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -491,7 +491,14 @@ def main(argv=None) -> int:
         # learner a quarter of its process in hand-offs (py-spy, during the demo)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        # From here a signal only sets a flag, checked between bounded waits (on sim time a
+        # stopped /clock also stops every timer). Raised inside a callback, KeyboardInterrupt
+        # could leave an rclpy handle marked in use, and tearing the node down then hangs.
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while rclpy.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -16,9 +16,9 @@ from wsa_ros.sim.reacher import (
 )
 
 
-def _run(seed, actions, image_size=48):
+def _run(seed, actions, image_size=48, **kw):
     out = []
-    with ReacherSim(seed=seed, image_size=image_size, max_steps=50) as sim:
+    with ReacherSim(seed=seed, image_size=image_size, max_steps=50, **kw) as sim:
         obs = sim.reset()
         out.append((hashlib.sha256(obs["image"].tobytes()).hexdigest(), obs["position"].tobytes(), obs["velocity"].tobytes()))
         for a in actions:
@@ -36,6 +36,17 @@ def test_same_seed_gives_identical_images_and_joint_states():
     c = _run(4, acts)
     assert a[0][0] != c[0][0]  # another seed: another target, another picture
     assert len({h for h, _, _ in a}) > 5  # the arm moves, frames change
+
+
+def test_target_marker_changes_the_picture_not_the_physics():
+    """The target is drawn with the success radius; Reacher's own 0.009 m sphere gives the same
+    joint states, only other pictures (the marker does not collide)."""
+    acts = np.random.default_rng(1).uniform(-3, 3, (12, 2))
+    disc, sphere = _run(5, acts), _run(5, acts, target_marker_radius=0.009)
+    assert [x[1:] for x in disc] == [x[1:] for x in sphere]
+    assert all(x[0] != y[0] for x, y in zip(disc, sphere))
+    with pytest.raises(ValueError, match="target_marker_radius"):
+        ReacherSim(target_marker_radius=0.0)
 
 
 def test_observation_layout_and_image():

@@ -89,6 +89,8 @@ class ReacherSim:
         self.success_radius = float(success_radius)
         self.velocity_gain = float(velocity_gain)
         self.render_images = bool(render)
+        if not target_marker_radius > 0:
+            raise ValueError(f"target_marker_radius must be > 0 m, got {target_marker_radius}")
         if arm not in ARM_STARTS:
             raise ValueError(f"arm start '{arm}' is not one of {ARM_STARTS}")
         self.arm = arm

@@ -273,6 +273,26 @@ def test_trainer_checkpoint_resumes_exactly(tmp_path, tiny_bundle):
     tr3.close()
 
 
+def test_trainer_warmup_and_prior_settings_and_a_resumed_prior_is_the_starting_bundle(tmp_path, tiny_bundle):
+    torch.set_num_threads(1)
+    b = load_bundle(tiny_bundle)
+    cfg = _cfg(tmp_path, critic_warmup=5, prior_weight=0.5)
+    tr = Trainer(b, cfg)
+    assert tr.learner.cfg.critic_warmup == 5 and tr.learner.cfg.prior_weight == 0.5
+    start = load_policy_module(b).state_dict()
+    tr.add(_fake_records(b, 40))
+    while tr.ready() and tr.updates < 20:
+        tr.step()
+    assert tr.updates == 20 and "prior_gap" in tr.last_metrics
+    tr.save_checkpoint()
+    tr.close()
+    tr2 = Trainer(b, cfg)  # resumed: the trained weights, and still the bundle's policy as the prior
+    assert tr2.updates == 20
+    assert all(torch.equal(v, start[k]) for k, v in tr2.learner.prior.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in tr2.learner.policy.state_dict().items())
+    tr2.close()
+
+
 def test_export_validates_and_bad_policies_are_never_accepted(tmp_path, tiny_bundle, make_bundle):
     torch.set_num_threads(1)
     b = load_bundle(tiny_bundle)

@@ -44,10 +44,14 @@ def proprio(pos, vel):
     return np.array(list(pos) + list(vel), dtype=np.float64)
 
 
-def start(peer: Peer, agent: AgentProcess, topics, timeout=START_TIMEOUT):
-    """Wait until the agent subscribed to every input topic and its outputs matched us."""
+def start(peer: Peer, agent: AgentProcess, inputs=(), timeout=START_TIMEOUT):
+    """Publish the camera and the joint states (and any extra (topic, kind) inputs), then wait
+    until the agent subscribed to every one of them and its outputs matched us."""
+    inputs = [(CAM, "image"), (JS, "joints"), *inputs]
+    for topic, kind in inputs:
+        peer.publisher(topic, kind)
     try:
-        for t in topics:
+        for t, _ in inputs:
             peer.wait_subscribed(t, timeout)
         peer.wait_outputs_matched(timeout)
     except TimeoutError:
@@ -63,9 +67,7 @@ def engine1(tiny_bundle):
 @pytest.mark.parametrize("control_executor", ["waitset", "rclpy"])
 def test_actions_equal_engine_output_with_reordered_joints(tiny_bundle, engine1, control_executor):
     with AgentProcess(21, base_params(tiny_bundle, control_executor=control_executor)) as agent, Peer(21) as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(JS, "joints")
-        start(peer, agent, [CAM, JS])
+        start(peer, agent)
         # before ~/enable nothing is commanded at all
         st = Streamer(peer, [CAM], JS, 20.0, joint_names=["gripper", "joint1", "joint0"],
                       joint_pos=[9.9, -0.2, 0.1], joint_vel=[5.0, 0.3, -0.4]).start()
@@ -191,9 +193,7 @@ def test_position_mode_joint_trajectory_rate_limited_and_holds_the_pose(make_bun
                          start_enabled=True)
     with AgentProcess(28, params) as agent, \
             Peer(28, command_topic="/pos/cmd", command_type="joint_trajectory") as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(JS, "joints")
-        start(peer, agent, [CAM, JS])
+        start(peer, agent)
         st = Streamer(peer, [CAM], JS, 30.0, joint_pos=pose).start()
         try:
             wait_for(lambda: len(peer.snapshot("records")) >= 20, 30, "20 action records")
@@ -239,10 +239,7 @@ def test_teleop_overrides_the_policy_while_fresh(tiny_bundle, engine1):
     teleop = "/teleop"
     params = base_params(tiny_bundle, start_enabled=True, teleop_topic=teleop, teleop_timeout_s=0.2)
     with AgentProcess(29, params) as agent, Peer(29) as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(JS, "joints")
-        peer.publisher(teleop, "joints")
-        start(peer, agent, [CAM, JS, teleop])
+        start(peer, agent, [(teleop, "joints")])
         st = Streamer(peer, [CAM], JS, 30.0).start()
         try:
             wait_for(lambda: len(peer.snapshot("records")) >= 10, 30, "10 policy actions")
@@ -287,9 +284,7 @@ def test_exploration_noise_goes_through_the_limits_and_is_recorded_as_sent(tiny_
     std = 0.3
     with AgentProcess(30, base_params(tiny_bundle, start_enabled=True, exploration_std=std)) as agent, \
             Peer(30) as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(JS, "joints")
-        start(peer, agent, [CAM, JS])
+        start(peer, agent)
         st = Streamer(peer, [CAM], JS, 30.0).start()
         try:
             wait_for(lambda: len(peer.snapshot("records")) >= 60, 30, "60 actions")
@@ -327,10 +322,7 @@ def test_watchdog_stops_within_one_period_and_latches_estop_and_shutdown(tiny_bu
     slack = 0.06  # scheduling slack on a shared 2-core machine
     with AgentProcess(23, base_params(tiny_bundle, control_rate_hz=rate, max_obs_age_s=max_age,
                                       estop_topic="/estop")) as agent, Peer(23) as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(JS, "joints")
-        peer.publisher("/estop", "estop")
-        start(peer, agent, [CAM, JS, "/estop"])
+        start(peer, agent, [("/estop", "estop")])
         st = Streamer(peer, [CAM], JS, 30.0).start()
         try:
             assert peer.enable(True).success
@@ -412,10 +404,7 @@ def test_bad_inputs_are_rejected_counted_and_never_acted_on(make_bundle):
     eng = Engine(bundle, providers=["cpu"])
     assert eng.cameras == ["front", "wrist"]
     with AgentProcess(24, params) as agent, Peer(24) as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(wrist, "compressed")
-        peer.publisher(JS, "joints")
-        start(peer, agent, [CAM, wrist, JS])
+        start(peer, agent, [(wrist, "compressed")])
         st = Streamer(peer, [CAM, (wrist, "compressed")], JS, 30.0).start()
         bad_stamps = set()
 
@@ -532,9 +521,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
     # shared with the service calls below) must not trip it and end the action stream
     with AgentProcess(25, base_params(tiny_bundle, start_enabled=True, max_obs_age_s=1.0)) as agent, \
             Peer(25) as peer:
-        peer.publisher(CAM, "image")
-        peer.publisher(JS, "joints")
-        start(peer, agent, [CAM, JS])
+        start(peer, agent)
         st = Streamer(peer, [CAM], JS, 30.0).start()
         try:
             wait_for(lambda: len(peer.snapshot("records")) >= 30, 30, "one second of actions")

@@ -29,7 +29,8 @@ What runs, per method and seed (everything identical across methods except the h
   them as separate rows), ``e2e``.
 * **Learner**: the project's SAC/RLPD learner (``wsa_ros.learn.sac.SACLearner``) and replay
   (``Replay``: torchrl buffers, online + demonstrations, 50/50 batches when there are demos),
-  ``--utd`` updates per env step after ``--learning-starts`` steps, batch ``--batch``.
+  ``--utd`` updates per env step after ``--learning-starts`` steps, batch ``--batch``,
+  ``--demo-bc-weight`` (behaviour cloning on the batch's demonstration rows; 0 = RLPD only).
   Demonstrations (``--demo-episodes`` episodes of the scripted expert with Gaussian action noise
   ``--demo-noise`` x 3 rad/s) are generated once per seed (separate demo seed) and the very same
   frames go to every method of that seed.
@@ -93,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--demo-noise", type=float, default=0.2, help="demo action noise std, fraction of 3 rad/s")
     ap.add_argument("--batch", type=int, default=None, help="SAC batch size [64; quick 16]")
     ap.add_argument("--utd", type=float, default=1.0, help="updates per env step [%(default)s]")
+    ap.add_argument("--demo-bc-weight", type=float, default=0.0,
+                    help="SACConfig.demo_bc_weight: behaviour cloning on each batch's demonstration rows, "
+                         "the same for every method (0 = RLPD only) [%(default)s]")
     ap.add_argument("--learning-starts", type=int, default=None,
                     help="env steps before the first update [100; quick 10]")
     ap.add_argument("--d", type=int, default=None, help="head width d [the bundle head's; quick 16]")
@@ -120,8 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
               "probe_steps"):
         if getattr(args, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be >= 1")
-    if args.demo_episodes < 0 or args.learning_starts < 0 or args.utd < 0:
-        ap.error("--demo-episodes, --learning-starts and --utd must be >= 0")
+    if args.demo_episodes < 0 or args.learning_starts < 0 or args.utd < 0 or args.demo_bc_weight < 0:
+        ap.error("--demo-episodes, --learning-starts, --utd and --demo-bc-weight must be >= 0")
     return args
 
 
@@ -346,7 +350,7 @@ def run_one(method: str, seed: int, cfg: dict) -> dict:
     demos = cfg.get("demos")
     n_demo = 0 if demos is None else demos["action"].size // demos["action"].shape[-1]
     replay = Replay(spec, capacity=steps + 1, demo_capacity=max(n_demo, 1), holdout_every=0)
-    sac = SACConfig(batch_size=cfg["batch"])
+    sac = SACConfig(batch_size=cfg["batch"], demo_bc_weight=cfg.get("demo_bc_weight", 0.0))
     learner = SACLearner(policy, sac, bundle.proprio.mean, bundle.proprio.std)
     if demos is not None:
         from wsa_ros.engine import build_proprio
@@ -789,16 +793,17 @@ def main(argv=None) -> int:
         "bundle": str(args.bundle), "steps": args.steps, "episode_steps": args.episode_steps,
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "batch": args.batch,
         "utd": args.utd, "learning_starts": args.learning_starts, "threads": args.threads,
+        "demo_bc_weight": args.demo_bc_weight,
         "demo_episodes": args.demo_episodes, "demo_noise": args.demo_noise, "head": head_options(args, bundle),
         "image_size": (inp.height, inp.width), "versions": _versions(),
         "encoder_shapes": {e.name: list(e.output_shape) for e in bundle.encoders},
     }
     from wsa_ros.learn.sac import SACConfig
 
-    s = SACConfig(batch_size=args.batch)
+    s = SACConfig(batch_size=args.batch, demo_bc_weight=args.demo_bc_weight)
     cfg["sac"] = (f"batch {s.batch_size}, demo_ratio {s.demo_ratio}, discount {s.discount}, lr {s.lr}, tau {s.tau}, "
                   f"init_temperature {s.init_temperature}, target_entropy -A/2, actor_every {s.actor_every}, "
-                  f"grad_clip {s.grad_clip}")
+                  f"grad_clip {s.grad_clip}, demo_bc_weight {s.demo_bc_weight}")
     print(f"bench_learning: {command}", flush=True)
     print(f"bench_learning: methods {methods}, seeds {list(range(args.seeds))}, {args.steps} env steps each, "
           f"head {cfg['head']}", flush=True)

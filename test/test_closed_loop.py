@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,7 +161,9 @@ def _demo(args, tmp_path, timeout=150):
 
 
 def test_demo_command_end_to_end_writes_plots_and_summary(tmp_path, tiny_bundle):
-    """`wsa demo` on a tiny bundle for 3 episodes: per-episode lines, plots, summary, clean exit."""
+    """`wsa demo` on a tiny bundle for 3 episodes: per-episode lines, plots, summary, clean exit.
+    With the fine-tuner it is the default fresh start: a two-episode demonstration bag imported
+    and handed to the learner, the agent on a new head (version 0)."""
     import json
 
     have_finetune = importlib.util.find_spec("wsa_ros.nodes.finetune") is not None
@@ -168,20 +171,32 @@ def test_demo_command_end_to_end_writes_plots_and_summary(tmp_path, tiny_bundle)
     args = ["--bundle", str(tiny_bundle), "--episodes", "3", "--out", str(out), "--domain-id", "91",
             "--eval-episodes", "2", "--param", "sim.max_episode_steps=30", "--param", "agent.providers=[cpu]"]
     if have_finetune:
-        args += ["--param", "finetune.warmup_transitions=1000000"]
+        args += ["--param", "finetune.warmup_transitions=1000000", "--demo-episodes", "2"]
     else:
         args.append("--no-finetune")
+    version = "0" if have_finetune else "1"
     r = _demo(args, tmp_path)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ep ")]
-    assert len(lines) >= 3 and all("return" in ln and "policy v1" in ln and "latency" in ln for ln in lines), r.stdout
+    assert len(lines) >= 3 and all("return" in ln and f"policy v{version}" in ln and "latency" in ln
+                                   for ln in lines), r.stdout
     for f in ("success_rate.png", "alpha_episode.png", "episodes.csv", "summary.json", "summary.md"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     info = json.loads((out / "summary.json").read_text())
     assert info["summary"]["episodes"] >= 3
     assert set(info["summary"]["alpha"]["encoders"]) == {"ae", "idm"}
     assert all(rc == 0 for rc in info["exit_codes"].values()), info["exit_codes"]
-    assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["start"]["version"] == "1"
+    assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["start"]["version"] == version
+    if have_finetune:
+        assert info["start"] == "fresh" and info["fresh_start"]["bag"]["episodes"] == 2
+        from wsa_ros.bundle import load_bundle
+        from wsa_ros.learn.store import ReplayStore
+        from wsa_ros.learn.transitions import TransitionSpec
+
+        store = Path(info["fresh_start"]["store"]).resolve()  # 2 episodes x 30 steps, handed to the learner
+        spec = TransitionSpec.from_bundle(load_bundle(tiny_bundle))
+        assert ReplayStore(store, spec.schema(), spec.fingerprint(), readonly=True).count == 60
+        assert f"demo_dir:={store}" in info["commands"]["finetune_node"]
 
 
 def test_demo_reports_a_child_that_dies(tmp_path, tiny_bundle):
@@ -192,3 +207,10 @@ def test_demo_reports_a_child_that_dies(tmp_path, tiny_bundle):
     assert r.returncode == 1, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
     assert "agent_node exited with code 1" in r.stdout, r.stdout
     assert "control_rate_hz" in r.stdout  # the end of the child's log is shown
+
+
+def test_demo_refuses_a_fresh_start_without_the_fine_tuner(tmp_path, tiny_bundle):
+    r = _demo(["--bundle", str(tiny_bundle), "--start", "fresh", "--no-finetune", "--out", str(tmp_path / "d")],
+              tmp_path, timeout=60)
+    assert r.returncode == 2 and "--start fresh needs the fine-tuner" in r.stderr, r.stderr
+    assert not (tmp_path / "d").exists()

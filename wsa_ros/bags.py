@@ -466,3 +466,7 @@ def make_joint_trajectory(stamp_ns: int, joint_names: Sequence[str], positions=(
         time_from_start=Dur(sec=int(time_from_start_ns // 1_000_000_000), nanosec=int(time_from_start_ns % 1_000_000_000)),
     )
     return ts["trajectory_msgs/msg/JointTrajectory"](header=make_header(stamp_ns), joint_names=list(joint_names), points=[pt])
+
+
+def make_bool(value: bool):
+    return typestore().types["std_msgs/msg/Bool"](data=bool(value))

@@ -193,6 +193,11 @@ class FinetuneConfig:
         0.0, "Actor loss + this x ||pi(s) - pi_0(s)||^2, pi_0 = the starting bundle's policy (frozen): "
         "fine-tuning a pre-trained (behaviour-cloned) policy improves it near what it already does "
         "instead of first unlearning it under a young critic. 0 = plain SAC.", 0.0, 1e6)
+    demo_bc_weight: float = param(
+        0.0, "Behaviour cloning on the demonstrations while RL runs: the actor loss (and the fusion trunk's) "
+        "+ this x ||pi(s) - a_demo||^2 over each batch's demonstration rows (RL with demonstrations, Nair et "
+        "al. 2018). Teaches a fresh policy from a demonstration bag, one export at a time. 0 = RLPD only.",
+        0.0, 1e6)
     utd: int = param(1, "Updates per received transition (update-to-data ratio).", 1, 64)
     warmup_transitions: int = param(500, "Online transitions before the first update.", 0, 10**9)
     bc_steps: int = param(0, "Behaviour-cloning steps on the demonstrations before online training "

@@ -1,10 +1,17 @@
 """`wsa demo`: the main job, in one command.
 
-Starts the simulated arm (``sim_arm_node``), the agent (``agent_node``, enabled, on the shipped
-``models/default`` bundle unless ``--bundle``) and the fine-tuner (``finetune_node``) as separate
-processes talking over ROS 2 on localhost, with a private ``ROS_DOMAIN_ID``. The agent explores
-around its policy (``exploration_std`` :data:`DEMO_EXPLORATION_STD`) and the learner uses the
-settings in :data:`DEMO_LEARNER` (both overridable with ``--param``). While they run it
+Starts the simulated arm (``sim_arm_node``), the agent (``agent_node``, enabled) and the
+fine-tuner (``finetune_node``) as separate processes talking over ROS 2 on localhost, with a
+private ``ROS_DOMAIN_ID``, on the shipped ``models/default`` bundle unless ``--bundle``:
+
+* ``--start fresh`` (the default): first a rosbag of the simulated arm driven by its scripted
+  expert is recorded and imported as demonstrations (``wsa import-demos``), and the agent starts
+  on a new, untrained policy head over the bundle's frozen encoders; the fine-tuner teaches it
+  from the demonstrations and the live transitions and hot-swaps each validated policy in.
+* ``--start shipped``: the agent starts on the bundle's own policy and the fine-tuner refines it.
+
+The agent explores around its policy (``exploration_std`` :data:`DEMO_EXPLORATION_STD`) and the
+learner uses the settings in :data:`DEMO_LEARNER` (both overridable with ``--param``). While they run it
 prints one line per episode (return, success, policy version, inference latency) under a
 progress bar; at the end it writes to ``--out`` (default ``out/demo``):
 
@@ -281,6 +288,16 @@ def summary_markdown(info: dict) -> str:
         f"episodes not counted), fine-tuning {'on' if info['finetune'] else 'OFF (--no-finetune)'}, "
         f"real-time factor target {info['real_time_factor']:g}",
         f"- bundle: `{info['bundle']}`; encoders (alpha order): {', '.join(info['alpha_names'])}"]
+    fr = info.get("fresh_start") or {}
+    if fr:
+        bag = fr["bag"]
+        lines.append(f"- start: **a new, untrained policy head** (version 0) on the frozen encoders of "
+                     f"`{info['shipped_bundle']}`; the fine-tuner learned from a demonstration rosbag of "
+                     f"{bag['episodes']} scripted-expert episodes with action noise (`{bag['path']}`, their success "
+                     f"{_fmt(bag['success_rate'])}, imported with `wsa import-demos`) and its own live transitions "
+                     f"(SAC with the demonstrations in every batch and behaviour cloning on them)")
+    elif info.get("finetune"):
+        lines.append("- start: the bundle's own (behaviour-cloned) policy, fine-tuned by SAC near it")
     if s["episodes"]:
         lines += [
             f"- success (fingertip within 2 cm of the target at the last step): **{_fmt(s['success_rate'])}** "
@@ -377,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", default="", help="bundle folder (default: the shipped models/default)")
     ap.add_argument("--out", default="out/demo", help="output folder [%(default)s]")
     ap.add_argument("--no-finetune", action="store_true", help="run the sim and the agent only")
+    ap.add_argument("--start", choices=("fresh", "shipped"), default=None,
+                    help="fresh: the agent starts on a new, untrained policy head over the bundle's encoders and "
+                         "the fine-tuner teaches it from a demonstration rosbag (recorded from the sim's scripted "
+                         "expert first) plus its own live experience; shipped: fine-tune the bundle's own "
+                         "policy [fresh; shipped with --no-finetune]")
+    ap.add_argument("--demo-episodes", type=int, default=DEMO_BAG_EPISODES,
+                    help="expert episodes in the demonstration bag of a fresh start [%(default)s]")
     ap.add_argument("--seed", type=int, default=0, help="sim and learner seed")
     ap.add_argument("--real-time-factor", type=float, default=1.0,
                     help="sim seconds per wall second; the graph runs on the sim's /clock [%(default)s]")
@@ -413,12 +437,52 @@ def _build_eval(bundle) -> dict:
 
 
 #: the demo's learner settings, over config/finetune.yaml (a robot's defaults) and under
-#: --param finetune.NAME=VALUE: small batches (4x the updates of 256 on a shared CPU), a critic
-#: warm-up before the behaviour-cloned actor may move, the actor held near that starting
-#: policy, and frequent exports
-DEMO_LEARNER = {"export_every_updates": 500, "batch_size": 64, "critic_warmup": 500, "prior_weight": 0.3}
-#: the agent explores around its policy (Gaussian noise, policy units) so the critic sees alternatives
-DEMO_EXPLORATION_STD = 0.15
+#: --param finetune.NAME=VALUE, per --start. Both: small batches (4x the updates of 256 on a
+#: shared CPU) and frequent exports. ``fresh`` (a new policy head on the shipped encoders):
+#: RL with the demonstration bag, behaviour cloning on each batch's demonstration rows.
+#: ``shipped`` (fine-tune the shipped behaviour-cloned policy): a critic warm-up before the
+#: actor may move, and the actor held near that starting policy.
+DEMO_LEARNER = {
+    "fresh": {"export_every_updates": 400, "batch_size": 64, "demo_bc_weight": 1.0},
+    "shipped": {"export_every_updates": 500, "batch_size": 64, "critic_warmup": 500, "prior_weight": 0.3},
+}
+#: the agent explores around its policy (Gaussian noise, policy units) so the critic sees alternatives;
+#: less on a fresh start, where the demonstrations teach most and the noise only costs success
+DEMO_EXPLORATION_STD = {"fresh": 0.05, "shipped": 0.15}
+#: the demonstration bag of a fresh start: expert episodes (a new target each), action noise in rad/s
+DEMO_BAG_EPISODES, DEMO_BAG_NOISE, DEMO_BAG_SEED = 40, 0.6, 5000
+
+
+def prepare_fresh_start(bundle, out: Path, seed: int, episodes: int, steps: int, image_size: int,
+                        say=print) -> dict:
+    """What a fresh start needs, made from scratch in ``out``: a rosbag of the simulated arm
+    driven by its scripted expert (``demonstrations/expert_bag``, as ``ros2 bag record`` would
+    capture it), that bag imported by ``wsa import-demos`` into a demonstration store
+    (``demonstrations/store``), and ``start/``: the shipped encoders with a new, untrained policy
+    head (adapters, scorer, actor, critic from ``seed``), version 0."""
+    import torch
+
+    from .learn.demos import main as import_demos
+    from .learn.validate import export_policy
+    from .model.wsa import FusionPolicy
+    from .sim.expert_bag import record_expert_bag
+
+    demo_dir = out / "demonstrations"
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    t0 = time.monotonic()
+    rec = record_expert_bag(demo_dir / "expert_bag", episodes, steps, DEMO_BAG_SEED + seed, image_size,
+                            noise=DEMO_BAG_NOISE, episode_topics=True)
+    say(f"recorded {rec['episodes']} expert episodes ({rec['steps']} steps, success {rec['success_rate']:.2f}) "
+        f"into the rosbag {rec['path']} ({time.monotonic() - t0:.0f} s)")
+    rc = import_demos([rec["path"], "--out", str(demo_dir / "store"), "--bundle", str(bundle.root)])
+    if rc != 0:
+        raise RuntimeError(f"wsa import-demos failed on {rec['path']} (exit code {rc})")
+    torch.manual_seed(seed)
+    policy = FusionPolicy.from_config(bundle.head).eval()
+    start = export_policy(policy, bundle, out / "start", "0",
+                          recipe={"command": "wsa demo --start fresh", "seed": seed,
+                                  "note": f"untrained policy head on the encoders of {bundle.name}:{bundle.version}"})
+    return {"bag": rec, "store": str(demo_dir / "store"), "start_bundle": str(start.root)}
 
 
 def _config_file(name: str) -> Path | None:
@@ -437,6 +501,12 @@ def main(argv=None) -> int:
         ap.error("--minutes and --episodes must be > 0")
     if not 0.01 <= args.real_time_factor <= 100:
         ap.error("--real-time-factor must be within [0.01, 100]")
+    if args.start is None:
+        args.start = "shipped" if args.no_finetune else "fresh"
+    if args.start == "fresh" and args.no_finetune:
+        ap.error("--start fresh needs the fine-tuner (an untrained policy with nothing to teach it)")
+    if args.demo_episodes < 1:
+        ap.error("--demo-episodes must be >= 1")
     try:
         extra = _parse_params(args.param)
     except (ValueError, yaml.YAMLError) as exc:
@@ -464,20 +534,39 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     domain = args.domain_id if args.domain_id is not None else 215 + os.getpid() % 18
     total_s = args.minutes * 60 if args.minutes else None
+    size = int(extra["sim"].get("image_size", 84))
+    steps = int(extra["sim"].get("max_episode_steps", 100))
+    shipped_path, fresh = bundle_path, {}
+    if args.start == "fresh":
+        if not bundle.head or not bundle.weights:
+            print(f"wsa demo: error: bundle {bundle_path} has no trainable head to start afresh from; "
+                  "use --start shipped", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"wsa demo: fresh start: a demonstration bag, its import and an untrained policy head on the "
+              f"encoders of '{bundle.name}' v{bundle.version} ...", flush=True)
+        try:
+            fresh = prepare_fresh_start(bundle, out, args.seed, args.demo_episodes, steps, size)
+        except Exception as exc:  # noqa: BLE001 - say what failed, run nothing
+            print(f"wsa demo: error: preparing the fresh start failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        bundle_path = Path(fresh["start_bundle"])
+        bundle = load_bundle(bundle_path)
 
     sim_p = {"seed": args.seed, "publish_clock": True, "real_time_factor": args.real_time_factor, **extra["sim"]}
     # the agent acts on every frame, on the sim's clock; a loaded 2-core machine delays messages, so the
     # observation-age watchdog is looser than on a robot (a trip is re-armed by the monitor, and counted)
     agent_p = {"bundle": str(bundle_path), "start_enabled": True, "trigger": "camera", "blend_in_s": 0.0,
                "max_obs_age_s": 1.0, "use_sim_time": True,
-               "exploration_std": DEMO_EXPLORATION_STD if finetune else 0.0, **extra["agent"]}
+               "exploration_std": DEMO_EXPLORATION_STD[args.start] if finetune else 0.0, **extra["agent"]}
     ft_p = {"bundle": str(bundle_path), "store_dir": str((out / "replay").resolve()),
             "out_dir": str((out / "bundles").resolve()), "seed": args.seed, "use_sim_time": True,
-            **DEMO_LEARNER, **extra["finetune"]}
+            **({"demo_dir": str(Path(fresh["store"]).resolve())} if fresh else {}),
+            **DEMO_LEARNER[args.start], **extra["finetune"]}
     commands = {"sim_arm_node": node_command("sim_arm_node", sim_p, _config_file("sim.yaml")),
                 "agent_node": node_command("agent_node", agent_p, _config_file("agent.yaml"))}
-    if finetune:
-        shutil.rmtree(out / "replay", ignore_errors=True)  # a fresh store per run
+    if finetune:  # a fresh store and learner per run (the learner would resume from its checkpoint)
+        shutil.rmtree(out / "replay", ignore_errors=True)
+        shutil.rmtree(out / "bundles", ignore_errors=True)
         # on one small machine the real-time loop (sim + agent) goes first, the learner takes what is left
         commands["finetune_node"] = niced(node_command("finetune_node", ft_p, _config_file("finetune.yaml")))
 
@@ -584,8 +673,6 @@ def main(argv=None) -> int:
     final_bundle = (mon.agent_diag.get("bundle") if session else "") or str(bundle_path)
     offline = {}
     if args.eval_episodes > 0 and code != EXIT_INTERRUPTED:
-        size = int(extra["sim"].get("image_size", 84))
-        steps = int(extra["sim"].get("max_episode_steps", 100))
         try:
             print(f"wsa demo: offline check on {args.eval_episodes} held-out episodes (seed 10000+) ...", flush=True)
             offline["start"] = offline_eval(bundle_path, args.eval_episodes, 10_000, size, steps)
@@ -603,6 +690,7 @@ def main(argv=None) -> int:
     summary = summarize(episodes, alpha_all, names, args.window)
     info = {"bundle": str(bundle_path), "bundle_name": bundle.name, "bundle_version": bundle.version,
             "alpha_names": names, "finetune": finetune, "real_time_factor": args.real_time_factor,
+            "start": args.start, "shipped_bundle": str(shipped_path), "fresh_start": fresh,
             "domain_id": domain, "wall_s": wall, "exit_codes": exit_codes, "failed_child": failed_child,
             "failure": failure, "execution_provider": mon.agent_diag.get("execution_provider") if session else None,
             "sim": mon.sim_diag if session else {}, "finetune_status": mon.finetune_status if session else {},

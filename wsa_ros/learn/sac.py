@@ -68,6 +68,7 @@ class SACConfig:
     actor_every: int = 1  # actor + temperature step every N critic steps (SERL uses 2)
     critic_warmup: int = 0  # first N updates: critic layers only (trunk and actor frozen)
     prior_weight: float = 0.0  # actor loss + w * ||pi(s) - pi_0(s)||^2, pi_0 = the policy at start
+    demo_bc_weight: float = 0.0  # + w * ||pi(s) - a_demo||^2 on the batch's demonstration rows (trunk + actor)
     grad_clip: float = 10.0  # max gradient norm per optimizer; 0 = off
     capacity: int = 200_000  # online buffer (SERL: 200k); demos get their own
 
@@ -143,12 +144,13 @@ class Replay:
         if len(self.online) == 0:
             n_demo = batch_size
         parts = []
-        if batch_size - n_demo:
-            parts.append(self.online.sample(batch_size - n_demo))
-        if n_demo:
-            parts.append(self.demos.sample(n_demo))
-        td = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return td.exclude("index") if "index" in td.keys() else td
+        for buf, n, is_demo in ((self.online, batch_size - n_demo, False), (self.demos, n_demo, True)):
+            if n:
+                part = buf.sample(n)
+                part = part.exclude("index") if "index" in part.keys() else part
+                part["demo"] = torch.full((n, 1), is_demo)
+                parts.append(part)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _embs(td_obs) -> dict[str, torch.Tensor]:
@@ -221,8 +223,18 @@ class SACLearner:
             state, alpha_w = pol.features(_embs(obs), self.proprio(obs))
         q1, q2 = pol.critic_from_state(state, action)
         loss_critic = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        self._step(self.critic_opt, self.critic_params, loss_critic)
         out = {"loss_critic": loss_critic.item(), "q": q1.detach().mean().item(), "target_q": y.mean().item()}
+        demo_rows = None
+        if cfg.demo_bc_weight > 0 and not warmup and "demo" in batch.keys():
+            demo_rows = batch["demo"].reshape(-1)
+            if demo_rows.any():
+                # behaviour cloning on the demonstrations shapes the trunk too (the actor's own
+                # gradient never reaches it): the trunk's optimizer takes w * BC with the TD loss
+                bc_trunk = (torch.tanh(pol.actor_from_state(state[demo_rows])[0]) - action[demo_rows]).square()
+                loss_critic = loss_critic + cfg.demo_bc_weight * bc_trunk.sum(-1).mean()
+            else:
+                demo_rows = None
+        self._step(self.critic_opt, self.critic_params, loss_critic)
 
         # ---- actor and temperature (trunk output detached; only actor weights get gradients)
         if not warmup and self.updates % cfg.actor_every == 0:
@@ -237,6 +249,10 @@ class SACLearner:
                 prior_gap = (torch.tanh(mean) - a0).square().sum(-1).mean()
                 loss_actor = loss_actor + cfg.prior_weight * prior_gap
                 out["prior_gap"] = prior_gap.item()
+            if demo_rows is not None:
+                bc = (torch.tanh(mean[demo_rows]) - action[demo_rows]).square().sum(-1).mean()
+                loss_actor = loss_actor + cfg.demo_bc_weight * bc
+                out["demo_bc"] = bc.item()
             grads = torch.autograd.grad(loss_actor, self.actor_params)
             for p_, g in zip(self.actor_params, grads):
                 p_.grad = g
@@ -362,7 +378,8 @@ class Trainer:
         self.sac_cfg = SACConfig(batch_size=cfg.batch_size, demo_ratio=cfg.demo_ratio, discount=cfg.discount,
                                  lr=cfg.lr, tau=cfg.tau, init_temperature=cfg.init_temperature,
                                  actor_every=cfg.actor_every, critic_warmup=cfg.critic_warmup,
-                                 prior_weight=cfg.prior_weight, capacity=cfg.capacity)
+                                 prior_weight=cfg.prior_weight, demo_bc_weight=cfg.demo_bc_weight,
+                                 capacity=cfg.capacity)
         self.learner = SACLearner(policy, self.sac_cfg, pm, ps, device=cfg.device)
         self.replay = Replay(self.spec, cfg.capacity, holdout_every=cfg.holdout_every)
         self.received = 0  # online transitions (stored before this run + received since)

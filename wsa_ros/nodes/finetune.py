@@ -461,14 +461,21 @@ class FinetuneNode(Node):
     def shutdown(self) -> None:
         """Stop ingest and training, let an export in progress finish (native ONNX / torch code
         must not be torn down mid-call), flush the store, write a last checkpoint."""
+        t0 = time.monotonic()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10.0)
+            if t.is_alive():
+                self.get_logger().error(f"shutdown: thread {t.name} still running after 10 s")
         if self._export_thread is not None and self._export_thread.is_alive():
             self.log("waiting for the export in progress to finish")
             self._export_thread.join(timeout=120.0)
+        t1 = time.monotonic()
         self.store.close()
+        t2 = time.monotonic()
         self.trainer.close()
+        self.log(f"shut down in {time.monotonic() - t0:.1f} s (threads {t1 - t0:.1f} s, store {t2 - t1:.1f} s, "
+                 f"logs {time.monotonic() - t2:.1f} s)")
 
 
 def main(argv=None) -> int:

@@ -10,13 +10,15 @@ encoders - they are frozen ONNX files, and the store already holds their embeddi
 
 The algorithm (SAC v2, Haarnoja et al. 2018, with a shared trunk as in DrQ / SAC-AE)::
 
-    state      = fusion(obs)                    trained by the critic loss only
+    state      = fusion(obs)                    trained by the critic loss (+ demo BC, below)
     next_state = target_fusion(next_obs)        Polyak copy of the trunk, no gradient
     a', logp'  ~ pi(next_state)
     y          = r + discount * (1 - terminated) * (min(Q1t, Q2t)(next_state, a') - T * logp')
     critic     = (Q1(state, a) - y)^2 + (Q2(state, a) - y)^2
     actor      = T * logp(a~pi(state)) - min(Q1, Q2)(state, a~pi)   (state detached; only the
                                                                       actor's weights move)
+    demo BC    = demo_bc_weight * ||tanh(mean(state)) - a||^2 on the batch's demonstration rows:
+                 added to the actor loss and to the critic loss (so it reaches the trunk)
     temperature= -log T * (logp + target_entropy)
     Polyak: target critics and target trunk with rate tau
 

@@ -197,6 +197,7 @@ def test_demo_command_end_to_end_writes_plots_and_summary(tmp_path, tiny_bundle)
         spec = TransitionSpec.from_bundle(load_bundle(tiny_bundle))
         assert ReplayStore(store, spec.schema(), spec.fingerprint(), readonly=True).count == 60
         assert f"demo_dir:={store}" in info["commands"]["finetune_node"]
+        assert not (out / "replay").exists() and "replay_removed_bytes" in info  # no --keep-replay
 
 
 def test_demo_reports_a_child_that_dies(tmp_path, tiny_bundle):

@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--demo-episodes", type=int, default=DEMO_BAG_EPISODES,
                     help="expert episodes in the demonstration bag of a fresh start [%(default)s]")
     ap.add_argument("--seed", type=int, default=0, help="sim and learner seed")
+    ap.add_argument("--keep-replay", action="store_true",
+                    help="keep the learner's replay store (out/replay: the embeddings of every step, about "
+                         "128 KB each with the default bundle, 4 GB after 12 minutes); removed at the end otherwise")
     ap.add_argument("--real-time-factor", type=float, default=1.0,
                     help="sim seconds per wall second; the graph runs on the sim's /clock [%(default)s]")
     ap.add_argument("--domain-id", type=int, default=None,
@@ -446,6 +449,10 @@ DEMO_LEARNER = {
     "fresh": {"export_every_updates": 400, "batch_size": 64, "demo_bc_weight": 1.0},
     "shipped": {"export_every_updates": 500, "batch_size": 64, "critic_warmup": 500, "prior_weight": 0.3},
 }
+#: online replay held in the learner's memory during the demo: 40 000 steps (a 12-minute run makes
+#: about 34 000) of the default bundle's embeddings are about 5 GB; the robot default of 200 000 would
+#: be 26 GB
+DEMO_CAPACITY = 40_000
 #: the agent explores around its policy (Gaussian noise, policy units) so the critic sees alternatives;
 #: less on a fresh start, where the demonstrations teach most and the noise only costs success
 DEMO_EXPLORATION_STD = {"fresh": 0.05, "shipped": 0.15}
@@ -561,7 +568,7 @@ def main(argv=None) -> int:
     ft_p = {"bundle": str(bundle_path), "store_dir": str((out / "replay").resolve()),
             "out_dir": str((out / "bundles").resolve()), "seed": args.seed, "use_sim_time": True,
             **({"demo_dir": str(Path(fresh["store"]).resolve())} if fresh else {}),
-            **DEMO_LEARNER[args.start], **extra["finetune"]}
+            "capacity": DEMO_CAPACITY, **DEMO_LEARNER[args.start], **extra["finetune"]}
     commands = {"sim_arm_node": node_command("sim_arm_node", sim_p, _config_file("sim.yaml")),
                 "agent_node": node_command("agent_node", agent_p, _config_file("agent.yaml"))}
     if finetune:  # a fresh store and learner per run (the learner would resume from its checkpoint)
@@ -706,6 +713,13 @@ def main(argv=None) -> int:
                     f"{int(e.reached)},{e.final_distance:.4f},{e.steps},{e.commanded_steps},{e.actions},"
                     f"{'|'.join(e.versions)},{e.latency_ms:.3f}\n")
     written = ["episodes.csv"]
+    replay_dir = out / "replay"
+    if finetune and not args.keep_replay and replay_dir.is_dir():
+        size = sum(f.stat().st_size for f in replay_dir.rglob("*") if f.is_file())
+        shutil.rmtree(replay_dir, ignore_errors=True)
+        info["replay_removed_bytes"] = size
+        print(f"wsa demo: removed the learner's replay store {replay_dir} ({size / 1e9:.2f} GB; --keep-replay "
+              "keeps it)")
     if counted:
         success_rate_plot(out / "success_rate.png", [e.success for e in counted], [e.ret for e in counted],
                           minutes=[e.wall_s / 60 for e in counted], versions=[e.version for e in counted],

@@ -541,7 +541,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     domain = args.domain_id if args.domain_id is not None else 215 + os.getpid() % 18
     total_s = args.minutes * 60 if args.minutes else None
-    size = int(extra["sim"].get("image_size", 84))
+    image_size = int(extra["sim"].get("image_size", 84))
     steps = int(extra["sim"].get("max_episode_steps", 100))
     shipped_path, fresh = bundle_path, {}
     if args.start == "fresh":
@@ -552,7 +552,7 @@ def main(argv=None) -> int:
         print(f"wsa demo: fresh start: a demonstration bag, its import and an untrained policy head on the "
               f"encoders of '{bundle.name}' v{bundle.version} ...", flush=True)
         try:
-            fresh = prepare_fresh_start(bundle, out, args.seed, args.demo_episodes, steps, size)
+            fresh = prepare_fresh_start(bundle, out, args.seed, args.demo_episodes, steps, image_size)
         except Exception as exc:  # noqa: BLE001 - say what failed, run nothing
             print(f"wsa demo: error: preparing the fresh start failed: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -682,9 +682,9 @@ def main(argv=None) -> int:
     if args.eval_episodes > 0 and code != EXIT_INTERRUPTED:
         try:
             print(f"wsa demo: offline check on {args.eval_episodes} held-out episodes (seed 10000+) ...", flush=True)
-            offline["start"] = offline_eval(bundle_path, args.eval_episodes, 10_000, size, steps)
+            offline["start"] = offline_eval(bundle_path, args.eval_episodes, 10_000, image_size, steps)
             if Path(final_bundle).resolve() != Path(bundle_path).resolve():
-                offline["final"] = offline_eval(final_bundle, args.eval_episodes, 10_000, size, steps)
+                offline["final"] = offline_eval(final_bundle, args.eval_episodes, 10_000, image_size, steps)
                 offline["final"]["bundle"] = final_bundle
         except Exception as exc:  # noqa: BLE001 - the run's record is still written
             print(f"wsa demo: warning: offline check failed: {exc}", file=sys.stderr)
@@ -715,10 +715,10 @@ def main(argv=None) -> int:
     written = ["episodes.csv"]
     replay_dir = out / "replay"
     if finetune and not args.keep_replay and replay_dir.is_dir():
-        size = sum(f.stat().st_size for f in replay_dir.rglob("*") if f.is_file())
+        nbytes = sum(f.stat().st_size for f in replay_dir.rglob("*") if f.is_file())
         shutil.rmtree(replay_dir, ignore_errors=True)
-        info["replay_removed_bytes"] = size
-        print(f"wsa demo: removed the learner's replay store {replay_dir} ({size / 1e9:.2f} GB; --keep-replay "
+        info["replay_removed_bytes"] = nbytes
+        print(f"wsa demo: removed the learner's replay store {replay_dir} ({nbytes / 1e9:.2f} GB; --keep-replay "
               "keeps it)")
     if counted:
         success_rate_plot(out / "success_rate.png", [e.success for e in counted], [e.ret for e in counted],

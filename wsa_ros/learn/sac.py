@@ -159,6 +159,11 @@ def _embs(td_obs) -> dict[str, torch.Tensor]:
     return {k: v for k, v in td_obs.items() if k != "proprio"}
 
 
+def _action_gap(a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ||a - target||^2 (actions in [-1, 1]): the prior and demo BC terms."""
+    return (a - target).square().sum(-1).mean()
+
+
 # =============================================================================== learner
 class SACLearner:
     """One ``update(batch)`` = one critic step (+ actor and temperature steps every
@@ -232,8 +237,8 @@ class SACLearner:
             if demo_rows.any():
                 # behaviour cloning on the demonstrations shapes the trunk too (the actor's own
                 # gradient never reaches it): the trunk's optimizer takes w * BC with the TD loss
-                bc_trunk = (torch.tanh(pol.actor_from_state(state[demo_rows])[0]) - action[demo_rows]).square()
-                loss_critic = loss_critic + cfg.demo_bc_weight * bc_trunk.sum(-1).mean()
+                bc_trunk = _action_gap(torch.tanh(pol.actor_from_state(state[demo_rows])[0]), action[demo_rows])
+                loss_critic = loss_critic + cfg.demo_bc_weight * bc_trunk
             else:
                 demo_rows = None
         self._step(self.critic_opt, self.critic_params, loss_critic)
@@ -248,11 +253,11 @@ class SACLearner:
             if self.prior is not None:
                 with torch.no_grad():
                     a0 = torch.tanh(self.prior.actor(_embs(obs), self.proprio(obs))[0])
-                prior_gap = (torch.tanh(mean) - a0).square().sum(-1).mean()
+                prior_gap = _action_gap(torch.tanh(mean), a0)
                 loss_actor = loss_actor + cfg.prior_weight * prior_gap
                 out["prior_gap"] = prior_gap.item()
             if demo_rows is not None:
-                bc = (torch.tanh(mean[demo_rows]) - action[demo_rows]).square().sum(-1).mean()
+                bc = _action_gap(torch.tanh(mean[demo_rows]), action[demo_rows])
                 loss_actor = loss_actor + cfg.demo_bc_weight * bc
                 out["demo_bc"] = bc.item()
             grads = torch.autograd.grad(loss_actor, self.actor_params)

@@ -37,11 +37,11 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "agent_node = wsa_ros.nodes.agent:main",
-            "finetune_node = wsa_ros.nodes.finetune:main",
-            "sim_arm_node = wsa_ros.nodes.sim_arm:main",
-            "replay = wsa_ros.nodes.replay:main",
-            "wsa = wsa_ros.cli:main",
+            "agent_node = wsa_ros.ros.agent_node:main",
+            "finetune_node = wsa_ros.ros.finetune_node:main",
+            "sim_arm_node = wsa_ros.ros.sim_arm_node:main",
+            "replay = wsa_ros.ros.replay_node:main",
+            "wsa = wsa_ros.tools.cli:main",
         ],
     },
 )

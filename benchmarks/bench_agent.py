@@ -53,7 +53,7 @@ def pct(a, q):
 
 def echo_main() -> int:
     """The transport floor: the agent's hot-path plumbing with no work. A node served by
-    the agent's control loop (wsa_ros.nodes.control_loop), camera subscription with the
+    the agent's control loop (wsa_ros.ros.control_loop), camera subscription with the
     agent's QoS, that answers each frame with a JointState carrying its stamp on
     /agent_node/action_record."""
     import rclpy
@@ -62,8 +62,8 @@ def echo_main() -> int:
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image, JointState
 
-    from wsa_ros.images import from_image_msg
-    from wsa_ros.nodes.control_loop import ControlLoop
+    from wsa_ros.runtime.images import from_image_msg
+    from wsa_ros.ros.control_loop import ControlLoop
 
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("agent_node_echo")
@@ -120,7 +120,7 @@ def run_rate(args, bundle: Path, rate: float, duration: float, domain: int, log_
             raise SystemExit(f"{exc}\nagent log:\n{agent.output()}")
         from sensor_msgs.msg import Image
 
-        from wsa_ros.images import array_to_image_fields
+        from wsa_ros.runtime.images import array_to_image_fields
 
         # pre-rendered frames: publishing must not be slowed by frame generation
         frames = [array_to_image_fields(rgb_frame(i, h, w), "rgb8") for i in range(16)]

@@ -69,7 +69,7 @@ def default_head_bundle(tmp: Path, shapes: dict | None = None, name: str = "defa
     proprio 4; 2 actions)."""
     import torch
 
-    from wsa_ros.bundle import ActionSpec, InputSpec, ProprioSpec
+    from wsa_ros.runtime.bundle import ActionSpec, InputSpec, ProprioSpec
     from wsa_ros.model.export import EncoderSource, export_bundle
     from wsa_ros.model.wsa import FusionPolicy, make_head_config
 
@@ -132,10 +132,10 @@ def bench_updates(bundle, batch: int, seconds: float, threads: int, actor_every:
 
 # =============================================================================== ingest/s
 def bench_ingest(bundle, seconds: float, encode: bool) -> dict:
-    from wsa_ros.engine import Engine
+    from wsa_ros.runtime.engine import Engine
     from wsa_ros.learn.store import ReplayStore
     from wsa_ros.learn.transitions import Assembler, TransitionSpec, check_record
-    from wsa_ros.observation import FrameSample, JointSample
+    from wsa_ros.runtime.observation import FrameSample, JointSample
 
     spec = TransitionSpec.from_bundle(bundle)
     eng = Engine(bundle, providers=["cpu"], threads=1)
@@ -179,8 +179,8 @@ def bench_latency(bundle_path: Path, rounds: int, domain: int) -> list[dict]:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, JointState
 
-    from wsa_ros.bundle import load_bundle
-    from wsa_ros.images import array_to_image_fields
+    from wsa_ros.runtime.bundle import load_bundle
+    from wsa_ros.runtime.images import array_to_image_fields
     from wsa_ros.learn.transitions import TransitionSpec
     from wsa_ros.learn.validate import export_policy, validate_bundle
     from wsa_ros.model.export import load_policy_module
@@ -195,7 +195,7 @@ def bench_latency(bundle_path: Path, rounds: int, domain: int) -> list[dict]:
         "max_obs_age_s": 0.5}}}
     (td / "agent.yaml").write_text(yaml.safe_dump(params))
     log = open(td / "agent.log", "w")
-    agent = subprocess.Popen([sys.executable, "-m", "wsa_ros.nodes.agent", "--ros-args", "--params-file",
+    agent = subprocess.Popen([sys.executable, "-m", "wsa_ros.ros.agent_node", "--ros-args", "--params-file",
                               str(td / "agent.yaml")], cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     ctx = rclpy.Context()
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--domain", type=int, default=118)
     args = ap.parse_args(argv)
 
-    from wsa_ros.bundle import load_bundle
+    from wsa_ros.runtime.bundle import load_bundle
     from wsa_ros.config import default_bundle
 
     cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])

@@ -214,25 +214,23 @@ def count_params(policy) -> dict[str, int]:
 
 # =============================================================================== demonstrations
 def make_demos(seed: int, episodes: int, episode_steps: int, noise: float, image_size: tuple[int, int]) -> dict:
-    """Expert episodes with Gaussian action noise, rendered: frames [E, T+1, H, W, 3] uint8,
-    position/velocity [E, T+1, 2], action (normalised) [E, T, 2], reward [E, T]."""
-    from wsa_ros.sim.reacher import ReacherSim, expert_action
+    """Expert episodes with Gaussian action noise (``sim.expert``), rendered: frames [E, T+1, H, W, 3]
+    uint8, position/velocity [E, T+1, 2], action (normalised) [E, T, 2], reward [E, T]."""
+    from wsa_ros.sim.expert import GaussianNoise, expert_episodes
+    from wsa_ros.sim.reacher import ReacherSim
 
     rng = np.random.default_rng(DEMO_SEED + seed)
     frames, pos, vel, act, rew, succ = [], [], [], [], [], []
     with ReacherSim(seed=DEMO_SEED + seed, image_size=image_size, max_steps=episode_steps) as sim:
         high = sim.action_high
-        for _ in range(episodes):
-            obs = sim.reset()
-            f, p, v, a_, r_ = [obs["image"]], [obs["position"]], [obs["velocity"]], [], []
-            info = sim.info()
-            for _t in range(episode_steps):
-                a = np.clip(expert_action(sim) + rng.normal(0.0, noise, 2) * high, -high, high)
-                obs, r, _, _, info = sim.step(a)
-                f.append(obs["image"]), p.append(obs["position"]), v.append(obs["velocity"])
-                a_.append(a / high), r_.append(r)
-            frames.append(np.stack(f)), pos.append(np.stack(p)), vel.append(np.stack(v))
-            act.append(np.stack(a_)), rew.append(np.asarray(r_)), succ.append(bool(info["success"]))
+        for ep in expert_episodes(sim, rng, episodes, GaussianNoise(noise * high)):
+            obs = [s.obs for s in ep.steps] + [ep.steps[-1].next_obs]
+            frames.append(np.stack([o["image"] for o in obs]))
+            pos.append(np.stack([o["position"] for o in obs]))
+            vel.append(np.stack([o["velocity"] for o in obs]))
+            act.append(np.stack([s.action / high for s in ep.steps]))
+            rew.append(np.asarray([s.reward for s in ep.steps]))
+            succ.append(ep.success)
     return {"frames": np.stack(frames), "position": np.stack(pos), "velocity": np.stack(vel),
             "action": np.stack(act).astype(np.float32), "reward": np.stack(rew).astype(np.float32),
             "success": np.asarray(succ)}
@@ -248,7 +246,7 @@ class Observer:
         self.cam = bundle.encoders[0].camera
         self.engine = None
         if not e2e:
-            from wsa_ros.engine import Engine
+            from wsa_ros.runtime.engine import Engine
 
             self.engine = Engine(bundle, providers=("cpu",), threads=threads, fuse=False, warmup=True)
 
@@ -270,9 +268,9 @@ class Observer:
 
 
 def _proprio(bundle, obs) -> np.ndarray:
-    from wsa_ros.engine import build_proprio
+    from wsa_ros.sim.rollout import sim_proprio
 
-    return build_proprio(bundle.proprio, obs["joint_names"], obs["position"], obs["velocity"]).astype(np.float32)
+    return sim_proprio(bundle.proprio, obs).astype(np.float32)
 
 
 def _records(obs_e, obs_p, act, rew, nxt_e, nxt_p, truncated) -> dict[str, np.ndarray]:
@@ -298,37 +296,39 @@ def _act(learner, emb, proprio, deterministic: bool, gen):
         return torch.tanh(mean)[0].numpy(), alpha[0].numpy()
 
 
-def evaluate(sim, observer, learner, bundle, episodes: int, steps: int, want_trace: bool) -> dict:
-    succ, succ_any, rets, dists, alphas = [], [], [], [], []
-    trace = None
+def evaluate(sim, observer, learner, bundle, episodes: int, want_trace: bool) -> dict:
+    """The learner's deterministic policy on ``episodes`` fixed episodes (``sim.rollout``)."""
+    from wsa_ros.sim.rollout import evaluate as rollout
+
     high = sim.action_high
-    for ep in range(episodes):
-        obs = sim.reset(seed=EVAL_SEED + ep)
-        ret, reached, tr = 0.0, False, []
-        info = sim.info()
-        for _ in range(steps):
-            a, alpha = _act(learner, observer(obs["image"]), _proprio(bundle, obs), True, None)
-            alphas.append(alpha)
-            obs, r, _, _, info = sim.step(a * high)
-            ret += r
-            reached = reached or info["success"]
-            if want_trace and ep == 0:
-                tr.append([info["distance"], *alpha.tolist()])
-        succ.append(info["success"]), succ_any.append(reached), rets.append(ret), dists.append(info["distance"])
-        if want_trace and ep == 0:
-            trace = np.asarray(tr)
-    return {"success": float(np.mean(succ)), "success_any": float(np.mean(succ_any)),
-            "return": float(np.mean(rets)), "final_distance": float(np.mean(dists)),
-            "alpha": np.mean(alphas, axis=0), "trace": trace}
+    alphas, trace = [], []
+
+    def act(obs):
+        a, alpha = _act(learner, observer(obs["image"]), _proprio(bundle, obs), True, None)
+        alphas.append(alpha)
+        return a * high
+
+    def on_step(obs, a, r, nobs, info, term, trunc):
+        if want_trace and ep_index[0] == 0:
+            trace.append([info["distance"], *alphas[-1].tolist()])
+
+    ep_index = [0]
+    ev = rollout(sim, act, episodes, EVAL_SEED, on_step=on_step,
+                 on_episode=lambda i, _r: ep_index.__setitem__(0, i + 1))
+    e = ev.episodes
+    return {"success": float(np.mean([x.success for x in e])), "success_any": float(np.mean([x.reached for x in e])),
+            "return": float(np.mean([x.ret for x in e])), "final_distance": float(np.mean([x.final_distance for x in e])),
+            "alpha": np.mean(alphas, axis=0), "trace": np.asarray(trace) if want_trace else None}
 
 
 def run_one(method: str, seed: int, cfg: dict) -> dict:
     """Train one method with one seed; -> curves, timings, params and alpha records."""
     import torch
 
-    from wsa_ros.bundle import load_bundle
-    from wsa_ros.learn.sac import Replay, SACConfig, SACLearner
+    from wsa_ros.config import SACConfig, from_dict
+    from wsa_ros.learn.sac import Replay, SACLearner
     from wsa_ros.learn.transitions import TransitionSpec
+    from wsa_ros.runtime.bundle import load_bundle
     from wsa_ros.sim.reacher import ReacherSim
 
     t_start = time.perf_counter()
@@ -350,10 +350,10 @@ def run_one(method: str, seed: int, cfg: dict) -> dict:
     demos = cfg.get("demos")
     n_demo = 0 if demos is None else demos["action"].size // demos["action"].shape[-1]
     replay = Replay(spec, capacity=steps + 1, demo_capacity=max(n_demo, 1), holdout_every=0)
-    sac = SACConfig(batch_size=cfg["batch"], demo_bc_weight=cfg.get("demo_bc_weight", 0.0))
+    sac = from_dict(SACConfig, cfg["sac"], where="bench_learning")
     learner = SACLearner(policy, sac, bundle.proprio.mean, bundle.proprio.std)
     if demos is not None:
-        from wsa_ros.engine import build_proprio
+        from wsa_ros.runtime.observation import build_proprio
 
         E, T1 = demos["frames"].shape[:2]
         emb = observer.batch(demos["frames"].reshape(E * T1, *demos["frames"].shape[2:]))
@@ -378,8 +378,7 @@ def run_one(method: str, seed: int, cfg: dict) -> dict:
     tag = f"[{method} s{seed}]"
 
     def do_eval(step: int) -> None:
-        r = evaluate(eval_sim, observer, learner, bundle, cfg["eval_episodes"], ep_steps,
-                     want_trace=(step == 0 or step == steps))
+        r = evaluate(eval_sim, observer, learner, bundle, cfg["eval_episodes"], want_trace=(step == 0 or step == steps))
         if r["trace"] is not None:
             traces["initial" if step == 0 else "final"] = r["trace"]
         ta = np.mean(train_alpha, axis=0) if train_alpha else np.full(len(policy.feature_names), np.nan)
@@ -412,8 +411,8 @@ def run_one(method: str, seed: int, cfg: dict) -> dict:
             t_embed += t3 - t2
             replay.add(_records({k: v[None] for k, v in emb.items()}, prop[None], a[None], [r],
                                 {k: v[None] for k, v in nemb.items()}, nprop[None], [trunc]))
-            if t + 1 >= cfg["learning_starts"]:
-                owed += cfg["utd"]
+            if t + 1 >= sac.warmup_transitions:
+                owed += sac.utd
                 while owed >= 1.0:
                     owed -= 1.0
                     t4 = time.perf_counter()
@@ -608,7 +607,7 @@ def write_outputs(out: Path, args, cfg: dict, runs: list[dict], methods: list[st
                 tr.append((f"wsa seed {r['seed']}: after {cfg['steps']} env steps",
                            np.asarray(r["traces"]["final"])[:, 1:]))
         if tr:
-            from wsa_ros.plots import alpha_episode_plot
+            from wsa_ros.tools.plots import alpha_episode_plot
 
             names = next(r["feature_names"] for r in runs if r["method"] == "wsa")
             alpha_episode_plot(out / "alpha_episode.png", tr, names,
@@ -631,15 +630,16 @@ def write_outputs(out: Path, args, cfg: dict, runs: list[dict], methods: list[st
         f"* Environment: ReacherSim (Reacher-v5, velocity actions ±3 rad/s), {cfg['image_size'][0]}x"
         f"{cfg['image_size'][1]} RGB, episodes of {cfg['episode_steps']} steps, success = fingertip within 2 cm "
         f"at the last step (success_any: at any step).",
-        f"* Budget: {cfg['steps']} env steps per run, {cfg['utd']} update(s) per env step after "
-        f"{cfg['learning_starts']} steps, batch {cfg['batch']}; seeds {list(range(args.seeds))}.",
+        f"* Budget: {cfg['steps']} env steps per run, {cfg['sac']['utd']:g} update(s) per env step after "
+        f"{cfg['sac']['warmup_transitions']} steps, batch {cfg['sac']['batch_size']}; seeds {list(range(args.seeds))}.",
         f"* Evaluation: every {cfg['eval_every']} env steps and at the end, {cfg['eval_episodes']} episode(s) "
         f"with the deterministic policy, always the same episodes (reset seeds {EVAL_SEED}..."
         f"{EVAL_SEED + cfg['eval_episodes'] - 1}).",
         f"* Demonstrations: {cfg['demo_episodes']} scripted-expert episode(s) per seed, action noise "
         f"{cfg['demo_noise']} x 3 rad/s, the same frames for every method of a seed; demo success "
         + (", ".join(f"seed {s}: {v:.2f}" for s, v in cfg['demo_success'].items()) or "n/a") + ".",
-        f"* Learner: wsa_ros.learn.sac.SACLearner + Replay, {cfg['sac']}.",
+        "* Learner: wsa_ros.learn.sac.SACLearner + Replay, config.SACConfig "
+        + ", ".join(f"{k} {v}" for k, v in cfg['sac'].items()) + ".",
         f"* Head (wsa_ros.model.wsa.make_head_config options): d={h['d']}, actor_hidden={h['actor_hidden']}, "
         f"critic_hidden={h['critic_hidden']}, spatial_adapter={h['spatial_adapter']} "
         f"(adapter_keypoints={h['adapter_keypoints']}, adapter_channels={h['adapter_channels']}), "
@@ -713,7 +713,7 @@ def _json_default(o):
 
 
 def plot_curves(path: Path, runs: list[dict], methods: list[str], chosen: str | None) -> list[str]:
-    from wsa_ros.plots import pyplot, save_figure
+    from wsa_ros.tools.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -781,7 +781,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from wsa_ros.bundle import load_bundle
+    from wsa_ros.runtime.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     if bundle.proprio is None:
@@ -791,19 +791,22 @@ def main(argv=None) -> int:
     inp = bundle.encoders[0].input
     cfg = {
         "bundle": str(args.bundle), "steps": args.steps, "episode_steps": args.episode_steps,
-        "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "batch": args.batch,
-        "utd": args.utd, "learning_starts": args.learning_starts, "threads": args.threads,
-        "demo_bc_weight": args.demo_bc_weight,
+        "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "threads": args.threads,
         "demo_episodes": args.demo_episodes, "demo_noise": args.demo_noise, "head": head_options(args, bundle),
         "image_size": (inp.height, inp.width), "versions": _versions(),
         "encoder_shapes": {e.name: list(e.output_shape) for e in bundle.encoders},
     }
-    from wsa_ros.learn.sac import SACConfig
+    import dataclasses
 
-    s = SACConfig(batch_size=args.batch, demo_bc_weight=args.demo_bc_weight)
-    cfg["sac"] = (f"batch {s.batch_size}, demo_ratio {s.demo_ratio}, discount {s.discount}, lr {s.lr}, tau {s.tau}, "
-                  f"init_temperature {s.init_temperature}, target_entropy -A/2, actor_every {s.actor_every}, "
-                  f"grad_clip {s.grad_clip}, demo_bc_weight {s.demo_bc_weight}")
+    from wsa_ros.config import ConfigError, SACConfig, from_dict
+
+    try:  # the one set of learner settings (config.SACConfig): its defaults, these options over them
+        sac = from_dict(SACConfig, {"batch_size": args.batch, "demo_bc_weight": args.demo_bc_weight, "utd": args.utd,
+                                    "warmup_transitions": args.learning_starts, "torch_threads": args.threads},
+                        where="bench_learning options")
+    except ConfigError as exc:
+        raise SystemExit(f"bench_learning: error: {exc}") from None
+    cfg["sac"] = dataclasses.asdict(sac)
     print(f"bench_learning: {command}", flush=True)
     print(f"bench_learning: methods {methods}, seeds {list(range(args.seeds))}, {args.steps} env steps each, "
           f"head {cfg['head']}", flush=True)

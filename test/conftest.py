@@ -17,9 +17,13 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
+
+# shared test helpers (bagdata.py) import by name from every test folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -29,7 +33,7 @@ def _build(root: Path, fusion="wsa", normalization="softmax", proprio=True, acti
            imported=False, seed=0, name="tiny", version="1", action_mode="velocity", **head):
     import torch
 
-    from wsa_ros.bundle import ActionSpec, InputSpec, ProprioSpec
+    from wsa_ros.runtime.bundle import ActionSpec, InputSpec, ProprioSpec
     from wsa_ros.model.encoders import ConvEncoder, NatureEncoder, Pixels, export_encoder_onnx, import_onnx_encoder
     from wsa_ros.model.export import EncoderSource, export_bundle
     from wsa_ros.model.wsa import FusionPolicy, make_head_config

@@ -10,7 +10,7 @@ are ordinary ROS 2 parameter files::
         control_rate_hz: 30.0
 
 The launch file hands them to the node, the node declares one typed, range-checked ROS
-parameter per field (``wsa_ros.nodes.params``), and the command-line tools read the very
+parameter per field (``wsa_ros.ros.params``), and the command-line tools read the very
 same file with :func:`load`. Nothing in a config file is executed: it is parsed with
 ``yaml.safe_load`` and every value is type- and range-checked here.
 """
@@ -36,6 +36,12 @@ def param(default, help: str, lo: float | None = None, hi: float | None = None,
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def section(cls, help: str):
+    """A nested section (a dataclass of params), e.g. ``learner: SACConfig``; its fields are
+    ROS parameters ``<name>.<field>`` and a nested mapping in the YAML files."""
+    return field(default_factory=cls, metadata={"help": help, "section": cls})
 
 
 # --------------------------------------------------------------------------- sections
@@ -75,12 +81,17 @@ class AgentConfig:
         "What serves the control thread (camera / joint subscriptions, control timer): waitset = "
         "one bare rcl wait set (lowest latency; wsa_ros/nodes/control_loop.py); rclpy = rclpy's "
         "SingleThreadedExecutor (fallback).", choices=("waitset", "rclpy"))
-    joint_sync: str = param(
+    sync: str = param(
         "stamp",
-        "Which received joint state goes with a frame. stamp: the newest whose header stamp is at "
-        "or before the frame's (the arm's pose when the image was taken; replaying a bag gives the "
-        "same pairs as eval-bag whatever the delivery order); newest: the newest received.",
+        "Which joint state (and other cameras' frames) go with a frame of the first camera. stamp: the one "
+        "whose header stamp is nearest the frame's, waiting (at most sync_timeout_s) until a later-stamped one "
+        "shows the choice is final: a bag replayed at any rate gives the same pairs as eval-bag; costs up to "
+        "one joint-state period of latency when joint states are stamped before their frames. newest: the "
+        "newest received when the frame arrives (no wait; pairs depend on delivery order).",
         choices=("stamp", "newest"))
+    sync_timeout_s: float = param(
+        0.05, "With sync: stamp, the longest a frame waits for its partners; then the nearest received is "
+        "used (counted in /diagnostics as sync_timeouts).", 0.0, 10.0)
     blend_in_s: float = param(
         0.5, "After enabling, fade the command in from the stop command (measured pose / zero "
         "velocity) over this many seconds; 0 disables.", 0.0, 60.0)
@@ -135,6 +146,46 @@ class SimConfig:
 
 
 @dataclass
+class SACConfig:
+    """The learner's settings (``wsa_ros.learn.sac``: SAC with RLPD demonstration mixing, on
+    the frozen encoders' stored embeddings). The one set: ``finetune_node`` embeds it as its
+    ``learner.*`` parameters, the learning benchmark, the demo and the tests build it from
+    the same schema."""
+
+    batch_size: int = param(256, "Batch size (demo_ratio of it demonstrations when there are any).", 1, 65536)
+    demo_ratio: float = param(0.5, "Fraction of each batch drawn from demonstrations (RLPD).", 0.0, 1.0)
+    discount: float = param(0.97, "Discount factor (SERL's real-robot setting).", 0.0, 1.0)
+    lr: float = param(3e-4, "Adam learning rate of the critic, actor and temperature.", 1e-7, 1.0)
+    tau: float = param(0.005, "Polyak rate of the target critic and target fusion trunk.", 1e-5, 1.0)
+    init_temperature: float = param(0.01, "Initial SAC entropy temperature (auto-tuned).", 1e-6, 100.0)
+    target_entropy_scale: float = param(
+        0.5, "Target entropy = -this x action dimensions (RLPD: 0.5).", 0.0, 10.0)
+    actor_every: int = param(1, "Actor and temperature step every N critic updates (SERL: 2).", 1, 100)
+    critic_warmup: int = param(
+        0, "The first N updates train the critic's own layers only (fusion trunk and actor frozen), so a "
+        "fresh critic learns the starting policy's values before it may move the trunk the actor reads.",
+        0, 10**9)
+    prior_weight: float = param(
+        0.0, "Actor loss + this x ||pi(s) - pi_0(s)||^2, pi_0 = the starting bundle's policy (frozen): "
+        "fine-tuning a pre-trained (behaviour-cloned) policy improves it near what it already does "
+        "instead of first unlearning it under a young critic. 0 = plain SAC.", 0.0, 1e6)
+    demo_bc_weight: float = param(
+        0.0, "Behaviour cloning on the demonstrations while RL runs: the actor loss (and the fusion trunk's) "
+        "+ this x ||pi(s) - a_demo||^2 over each batch's demonstration rows (RL with demonstrations, Nair et "
+        "al. 2018). Teaches a fresh policy from a demonstration bag. 0 = RLPD only.", 0.0, 1e6)
+    grad_clip: float = param(10.0, "Largest gradient norm per optimizer step; 0 = no clipping.", 0.0, 1e6)
+    capacity: int = param(200000, "Online replay buffer size in memory (the disk store keeps everything).",
+                          100, 10**8)
+    utd: float = param(1.0, "Updates per received transition (update-to-data ratio).", 0.01, 64.0)
+    warmup_transitions: int = param(500, "Online transitions before the first update.", 0, 10**9)
+    bc_steps: int = param(0, "Behaviour-cloning steps on the demonstrations before online training "
+                             "(fresh start only; 0 = none).", 0, 10**7)
+    device: str = param("cpu", "Learner device.", choices=("cpu", "cuda"))
+    torch_threads: int = param(1, "torch intra-op threads for the learner.", 1, 256)
+    seed: int = param(0, "Learner seed.", 0, 2**31 - 1)
+
+
+@dataclass
 class FinetuneConfig:
     """Parameters of ``finetune_node`` (online RL from logged transitions)."""
 
@@ -176,32 +227,6 @@ class FinetuneConfig:
     flush_period_s: float = param(
         0.5, "Replay store flush period (fsync). A kill -9 loses what arrived in the last reorder_window_s "
         "+ one control step + flush_period_s (defaults: about 1 s).", 0.05, 1.0)
-    capacity: int = param(200000, "Online replay buffer size in memory (the disk store keeps everything).",
-                          100, 10**8)
-    batch_size: int = param(256, "Batch size (half demonstrations when there are any).", 1, 65536)
-    demo_ratio: float = param(0.5, "Fraction of each batch drawn from demonstrations (RLPD).", 0.0, 1.0)
-    discount: float = param(0.97, "Discount factor.", 0.0, 1.0)
-    lr: float = param(3e-4, "Adam learning rate.", 1e-7, 1.0)
-    tau: float = param(0.005, "Polyak rate of the target critic and target fusion trunk.", 1e-5, 1.0)
-    init_temperature: float = param(0.01, "Initial SAC entropy temperature (auto-tuned).", 1e-6, 100.0)
-    actor_every: int = param(1, "Actor and temperature step every N critic updates.", 1, 100)
-    critic_warmup: int = param(
-        0, "The first N updates train the critic's own layers only (fusion trunk and actor frozen), so a "
-        "fresh critic learns the starting policy's values before it may move the trunk the actor reads.",
-        0, 10**9)
-    prior_weight: float = param(
-        0.0, "Actor loss + this x ||pi(s) - pi_0(s)||^2, pi_0 = the starting bundle's policy (frozen): "
-        "fine-tuning a pre-trained (behaviour-cloned) policy improves it near what it already does "
-        "instead of first unlearning it under a young critic. 0 = plain SAC.", 0.0, 1e6)
-    demo_bc_weight: float = param(
-        0.0, "Behaviour cloning on the demonstrations while RL runs: the actor loss (and the fusion trunk's) "
-        "+ this x ||pi(s) - a_demo||^2 over each batch's demonstration rows (RL with demonstrations, Nair et "
-        "al. 2018). Teaches a fresh policy from a demonstration bag, one export at a time. 0 = RLPD only.",
-        0.0, 1e6)
-    utd: int = param(1, "Updates per received transition (update-to-data ratio).", 1, 64)
-    warmup_transitions: int = param(500, "Online transitions before the first update.", 0, 10**9)
-    bc_steps: int = param(0, "Behaviour-cloning steps on the demonstrations before online training "
-                             "(fresh start only; 0 = none).", 0, 10**7)
     export_every_updates: int = param(2000, "Export, validate and push a bundle every N updates.", 1, 10**9)
     holdout_every: int = param(50, "Every N-th online observation is held out for validating exports.",
                                2, 10**6)
@@ -211,9 +236,7 @@ class FinetuneConfig:
     checkpoint_period_s: float = param(30.0, "Learner checkpoint period (also at every export).", 1.0, 86400.0)
     log_every_updates: int = param(100, "A CSV row of losses every N updates.", 1, 10**6)
     status_period_s: float = param(1.0, "Period of ~/status (std_msgs/String, JSON).", 0.1, 60.0)
-    device: str = param("cpu", "Learner device.", choices=("cpu", "cuda"))
-    torch_threads: int = param(1, "torch intra-op threads for the learner.", 1, 256)
-    seed: int = param(0, "Learner seed.", 0, 2**31 - 1)
+    learner: SACConfig = section(SACConfig, "The learner's settings (SACConfig): learner.batch_size, ...")
 
 
 SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune": FinetuneConfig}
@@ -221,12 +244,53 @@ SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune":
 
 # --------------------------------------------------------------------------- schema access
 def schema(cls) -> list[tuple[str, Any, Any, dict]]:
-    """(name, python type, default, metadata) per field of a section."""
+    """(name, python type, default, metadata) per field of a section (a nested section is
+    one entry whose metadata holds ``section``)."""
     hints = get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         out.append((f.name, hints[f.name], default, dict(f.metadata)))
+    return out
+
+
+def flat_schema(cls, prefix: str = "") -> list[tuple[str, Any, Any, dict]]:
+    """Like :func:`schema` with nested sections flattened into dotted names
+    (``learner.batch_size``): one entry per ROS parameter."""
+    out = []
+    for name, typ, default, meta in schema(cls):
+        if meta.get("section"):
+            out += flat_schema(meta["section"], f"{prefix}{name}.")
+        else:
+            out.append((prefix + name, typ, default, meta))
+    return out
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys (the inverse of :func:`nest`)."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (ROS parameter names) -> nested mappings: {'learner.lr': 1} -> {'learner': {'lr': 1}}."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        head, dot, rest = k.partition(".")
+        if dot:
+            sub = out.setdefault(head, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"'{head}' is a section; give its values as {head}.<name> or a mapping")
+            sub.update(nest({rest: v}))
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k].update(v)
+        else:
+            out[k] = v
     return out
 
 
@@ -264,11 +328,13 @@ def _check_value(cls, name: str, typ, value, meta: dict, where: str):
 
 
 def from_dict(cls, values: dict[str, Any], where: str = "config"):
-    """Build a section from a plain dict, rejecting unknown keys and bad values."""
+    """Build a section from a plain dict (nested mappings or dotted keys for nested
+    sections), rejecting unknown keys and bad values."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of parameters, got {type(values).__name__}")
+    values = nest(values)
     known = {name: (typ, meta) for name, typ, _d, meta in schema(cls)}
     unknown = sorted(set(values) - set(known) - {"use_sim_time"})
     if unknown:
@@ -278,7 +344,12 @@ def from_dict(cls, values: dict[str, Any], where: str = "config"):
         if k == "use_sim_time":
             continue
         typ, meta = known[k]
-        kwargs[k] = _check_value(cls, k, typ, v, meta, where)
+        if meta.get("section"):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: '{k}' is a section: give a mapping of its parameters, got {v!r}")
+            kwargs[k] = from_dict(meta["section"], v, where=f"{where} {k}")
+        else:
+            kwargs[k] = _check_value(cls, k, typ, v, meta, where)
     return cls(**kwargs)
 
 
@@ -343,6 +414,13 @@ def package_share() -> Path:
 
 def default_bundle() -> Path:
     return package_share() / "models" / "default"
+
+
+def join_ns(ns: str, name: str) -> str:
+    """A robot namespace + a topic or node name, as ``namespaces`` prefixes them:
+    ('/arm1', '/joint_states') -> '/arm1/joint_states'; ('', '/x') -> '/x'."""
+    ns = ns.rstrip("/")
+    return f"{ns}{name}" if ns and name.startswith("/") else (f"{ns}/{name}" if ns else name)
 
 
 def resolve_bundle(path: str) -> Path:

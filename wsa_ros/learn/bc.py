@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..model.wsa import FusionPolicy
-from .sac import Replay, _embs
+from wsa_ros.model.wsa import FusionPolicy
+from wsa_ros.learn.sac import Replay, _embs
 
 
 def behaviour_clone(policy: FusionPolicy, replay: Replay, steps: int, batch_size: int = 256, lr: float = 3e-4,

@@ -5,7 +5,7 @@
         [--camera-topics T ...] [--joint-states-topic T] [--episode-steps N]
         [--bc-steps N --bc-out BUNDLE_DIR] [--seed S]
 
-Bags are read with :mod:`wsa_ros.bags` (``rosbags``, no ROS install needed), in their
+Bags are read with :mod:`wsa_ros.runtime.bags` (``rosbags``, no ROS install needed), in their
 deterministic order, and every message goes through the same :class:`Assembler` as the live
 learner, so a bag recorded from a running agent imports exactly the transitions the learner
 would have built live. The command topic may be:
@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bags import BagError, find_bags, iter_messages, summary
-from ..bundle import BundleError, load_bundle
-from ..config import ConfigError, FinetuneConfig, load, resolve_bundle
-from ..engine import Engine, EngineError
-from ..observation import FrameSample, JointSample, is_compressed_topic, stamp_ns
-from .store import ReplayStore, StoreError
-from .transitions import Assembler, AssemblerConfig, TransitionSpec, check_record
+from wsa_ros.runtime.bags import BagError, find_bags, iter_messages, summary
+from wsa_ros.runtime.bundle import BundleError, load_bundle
+from wsa_ros.config import ConfigError, FinetuneConfig, load, resolve_bundle
+from wsa_ros.runtime.engine import Engine, EngineError
+from wsa_ros.runtime.observation import FrameSample, JointSample, is_compressed_topic, stamp_ns
+from wsa_ros.learn.store import ReplayStore, StoreError
+from wsa_ros.learn.transitions import Assembler, AssemblerConfig, TransitionSpec, check_record
 
 COMMAND_TYPES = ("sensor_msgs/msg/JointState", "std_msgs/msg/Float64MultiArray", "trajectory_msgs/msg/JointTrajectory")
 
@@ -207,10 +207,10 @@ def main(argv=None) -> int:
 def _pretrain(args, bundle, store: ReplayStore) -> int:
     import torch
 
-    from ..model.export import load_policy_module
-    from .bc import behaviour_clone
-    from .sac import Replay
-    from .validate import export_policy, reject_folder, validate_bundle
+    from wsa_ros.model.export import load_policy_module
+    from wsa_ros.learn.bc import behaviour_clone
+    from wsa_ros.learn.sac import Replay
+    from wsa_ros.learn.validate import export_policy, reject_folder, validate_bundle
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # small networks: more threads only contend (measured 5x slower with 2 on 2 cores)

@@ -1,8 +1,11 @@
 """SAC with RLPD demonstration mixing for the WSA head, on stored encoder embeddings.
 
-Read it top to bottom like a CleanRL file: the hyper-parameters (:class:`SACConfig`), the
+Read it top to bottom like a CleanRL file: the hyper-parameters are one dataclass,
+:class:`wsa_ros.config.SACConfig` (the node's ``learner.*`` parameters, with their help
+texts and ranges: one set for the node, the demo, the benchmarks and the tests), then the
 replay (:class:`Replay`: two torchrl replay buffers, online and demonstrations), then one
-:meth:`SACLearner.update` holding the whole algorithm.
+:meth:`SACLearner.update` holding the whole algorithm. The training run around it
+(checkpoints, logs, the update-to-data budget) is :mod:`wsa_ros.learn.trainer`.
 
 What trains: the WSA fusion (adapters, context adapter, shared scorer), the tanh-Gaussian
 actor and the twin-Q critic of :class:`wsa_ros.model.wsa.FusionPolicy`. What does not: the
@@ -40,11 +43,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,26 +51,9 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from ..model.wsa import FusionPolicy
-from .transitions import TransitionSpec
-
-
-# =============================================================================== settings
-@dataclass
-class SACConfig:
-    batch_size: int = 256
-    demo_ratio: float = 0.5  # RLPD: half of each batch from demonstrations when there are any
-    discount: float = 0.97  # SERL's real-robot setting
-    lr: float = 3e-4
-    tau: float = 0.005  # Polyak rate of the target critic and target trunk
-    init_temperature: float = 0.01  # SAC entropy temperature at start
-    target_entropy: float | None = None  # None: -action_dim / 2 (RLPD)
-    actor_every: int = 1  # actor + temperature step every N critic steps (SERL uses 2)
-    critic_warmup: int = 0  # first N updates: critic layers only (trunk and actor frozen)
-    prior_weight: float = 0.0  # actor loss + w * ||pi(s) - pi_0(s)||^2, pi_0 = the policy at start
-    demo_bc_weight: float = 0.0  # + w * ||pi(s) - a_demo||^2 on the batch's demonstration rows (trunk + actor)
-    grad_clip: float = 10.0  # max gradient norm per optimizer; 0 = off
-    capacity: int = 200_000  # online buffer (SERL: 200k); demos get their own
+from wsa_ros.config import SACConfig
+from wsa_ros.learn.transitions import TransitionSpec
+from wsa_ros.model.wsa import FusionPolicy
 
 
 # =============================================================================== replay
@@ -181,7 +162,7 @@ class SACLearner:
         self.p_std = torch.as_tensor(np.ones(p) if proprio_std is None else proprio_std, dtype=torch.float32,
                                      device=self.device)
         a = self.policy.action_dim
-        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -a / 2.0
+        self.target_entropy = -cfg.target_entropy_scale * a
         self.log_temp = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.critic_params = self.policy.fusion_parameters() + self.policy.critic_parameters()
         self.actor_params = self.policy.actor_parameters()
@@ -320,213 +301,3 @@ class SACLearner:
         self.actor_opt.load_state_dict(sd["actor_opt"])
         self.temp_opt.load_state_dict(sd["temp_opt"])
         self.updates = int(sd["updates"])
-
-
-# =============================================================================== the training run
-class CsvLog:
-    """Append-only CSV (header written once per file; resumed runs append). Line-buffered
-    so a kill loses at most the row being written."""
-
-    def __init__(self, path, fields: list[str]):
-        import csv
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        if not new:
-            with open(self.path, encoding="utf-8") as f:
-                head = f.readline().strip().split(",")
-            if head != fields:  # another layout (other encoders): start a new file beside it
-                self.path = self.path.with_name(f"{self.path.stem}-{int(time.time())}{self.path.suffix}")
-                new = True
-        self._f = open(self.path, "a", encoding="utf-8", newline="", buffering=1)
-        self._w = csv.DictWriter(self._f, fieldnames=fields, extrasaction="ignore")
-        self._lock = threading.Lock()  # rows come from several threads
-        if new:
-            self._w.writeheader()
-
-    def write(self, row: dict) -> None:
-        with self._lock:
-            if not self._f.closed:
-                self._w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-    def close(self) -> None:
-        with self._lock:
-            self._f.close()
-
-
-TRAIN_FIELDS = ["time", "updates", "updates_per_s", "online", "demos", "loss_critic", "loss_actor",
-                "loss_temperature", "temperature", "entropy", "q", "target_q", "wsa_alpha_entropy"]
-EPISODE_FIELDS = ["time", "source", "episode", "kind", "steps", "return", "success", "success_rate_20"]
-EVENT_FIELDS = ["time", "event", "version", "path", "ok", "seconds", "detail"]
-
-
-class Trainer:
-    """One fine-tuning run, ROS-free: replay, learner, UTD budget, checkpoints, exports and
-    CSV logs (``<out_dir>/logs/{train,episodes,events}.csv``; TensorBoard too when the
-    ``tensorboard`` package is installed). The node's training thread calls :meth:`add`,
-    :meth:`ready` and :meth:`step`; exports run elsewhere on :meth:`snapshot` s.
-
-    A restart resumes from ``<out_dir>/learner/checkpoint.pt`` (weights, targets, optimizer
-    states, temperature, update and export counters) when it was written for the same head
-    and encoders; otherwise that checkpoint is set aside (renamed ``.stale-<time>``)."""
-
-    def __init__(self, bundle, cfg, log=None):
-        from ..model.export import load_policy_module
-
-        torch.manual_seed(cfg.seed)
-        self.bundle, self.cfg = bundle, cfg
-        self.log = log or (lambda msg: None)
-        self.out_dir = Path(os.path.expanduser(cfg.out_dir))
-        self.spec = TransitionSpec.from_bundle(bundle)
-        policy = load_policy_module(bundle)
-        pm = bundle.proprio.mean if bundle.proprio else None
-        ps = bundle.proprio.std if bundle.proprio else None
-        self.sac_cfg = SACConfig(batch_size=cfg.batch_size, demo_ratio=cfg.demo_ratio, discount=cfg.discount,
-                                 lr=cfg.lr, tau=cfg.tau, init_temperature=cfg.init_temperature,
-                                 actor_every=cfg.actor_every, critic_warmup=cfg.critic_warmup,
-                                 prior_weight=cfg.prior_weight, demo_bc_weight=cfg.demo_bc_weight,
-                                 capacity=cfg.capacity)
-        self.learner = SACLearner(policy, self.sac_cfg, pm, ps, device=cfg.device)
-        self.replay = Replay(self.spec, cfg.capacity, holdout_every=cfg.holdout_every)
-        self.received = 0  # online transitions (stored before this run + received since)
-        self.exports = 0
-        self.resumed_from = 0
-        self.ckpt_path = self.out_dir / "learner" / "checkpoint.pt"
-        self._t_last_ckpt = time.monotonic()
-        self._rate_mark = (time.monotonic(), 0)
-        self.updates_per_s = 0.0
-        self.last_metrics: dict = {}
-        self.episode_window: list[int] = []
-        logs = self.out_dir / "logs"
-        wsa = [f"wsa_alpha_{n}" for n in policy.feature_names]
-        self.train_csv = CsvLog(logs / "train.csv", TRAIN_FIELDS + wsa)
-        self.episode_csv = CsvLog(logs / "episodes.csv", EPISODE_FIELDS)
-        self.event_csv = CsvLog(logs / "events.csv", EVENT_FIELDS)
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(logs / "tensorboard"))
-        except Exception:  # noqa: BLE001 - tensorboard not installed: CSV only
-            self.tb = None
-        self.load_checkpoint()
-
-    # ------------------------------------------------------------------ data
-    def add(self, rec: dict[str, np.ndarray], demo: bool = False) -> None:
-        self.replay.add(rec, demo=demo)
-        if not demo:
-            self.received += len(rec["reward"])
-
-    @property
-    def updates(self) -> int:
-        return self.learner.updates
-
-    def ready(self) -> bool:
-        """Enough data, and the update-to-data budget allows another update."""
-        if len(self.replay.online) + len(self.replay.demos) == 0:
-            return False
-        if self.received < self.cfg.warmup_transitions:
-            return False
-        return self.learner.updates < self.cfg.utd * max(self.received, 1)
-
-    def step(self) -> dict:
-        batch = self.replay.sample(self.cfg.batch_size, self.cfg.demo_ratio)
-        m = self.learner.update(batch)
-        self.last_metrics = m
-        u = self.learner.updates
-        if u % self.cfg.log_every_updates == 0:
-            now = time.monotonic()
-            t0, u0 = self._rate_mark
-            self.updates_per_s = (u - u0) / max(now - t0, 1e-9)
-            self._rate_mark = (now, u)
-            row = {"time": time.time(), "updates": u, "updates_per_s": self.updates_per_s,
-                   "online": len(self.replay.online), "demos": len(self.replay.demos), **m}
-            self.train_csv.write(row)
-            if self.tb is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "time":
-                        self.tb.add_scalar(f"train/{k}", v, u)
-        return m
-
-    def episode(self, ep) -> None:
-        """Log a finished episode (``transitions.Episode``)."""
-        if ep.success >= 0:
-            self.episode_window = (self.episode_window + [ep.success])[-20:]
-        rate = float(np.mean(self.episode_window)) if self.episode_window else float("nan")
-        self.episode_csv.write({"time": time.time(), "source": ep.source, "episode": ep.index, "kind": ep.kind,
-                                "steps": ep.steps, "return": ep.ret, "success": ep.success, "success_rate_20": rate})
-        if self.tb is not None:
-            self.tb.add_scalar("episode/return", ep.ret, self.learner.updates)
-            self.tb.add_scalar("episode/success_rate_20", rate, self.learner.updates)
-
-    def event(self, event: str, version: str = "", path: str = "", ok: bool | str = "", seconds: float = 0.0,
-              detail: str = "") -> None:
-        self.event_csv.write({"time": time.time(), "event": event, "version": version, "path": path, "ok": ok,
-                              "seconds": seconds, "detail": detail[:500]})
-
-    def holdout(self) -> dict[str, np.ndarray]:
-        """Held-out observations as numpy ({encoder: [N, *shape], 'proprio': [N, P]}); from
-        the demonstrations when no online observation has been held out yet."""
-        ho = self.replay.holdout
-        if ho is None and len(self.replay.demos):
-            ho = self.replay.demos.sample(min(256, len(self.replay.demos)))["obs"]
-        if ho is None:
-            return {}
-        return {k: v.detach().cpu().numpy() for k, v in ho.items()}
-
-    # ------------------------------------------------------------------ exports
-    def snapshot(self) -> FusionPolicy:
-        return self.learner.snapshot()
-
-    def next_version(self) -> tuple[str, Path]:
-        self.exports += 1
-        version = f"{self.bundle.version}+ft{self.exports}"
-        return version, self.out_dir / f"{self.bundle.name}-{version}"
-
-    # ------------------------------------------------------------------ checkpoints
-    def _meta(self) -> dict:
-        return {"head": self.learner.policy.config, "fingerprint": self.spec.fingerprint(),
-                "base": f"{self.bundle.name}:{self.bundle.version}"}
-
-    def checkpoint_due(self) -> bool:
-        return time.monotonic() - self._t_last_ckpt >= self.cfg.checkpoint_period_s
-
-    def save_checkpoint(self) -> Path:
-        """Atomic (tmp + fsync + rename): a kill leaves the previous checkpoint or the new one."""
-        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        sd = {"meta": self._meta(), "learner": self.learner.state_dict(), "exports": self.exports,
-              "received": self.received}
-        tmp = self.ckpt_path.with_suffix(".pt.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(sd, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.ckpt_path)
-        self._t_last_ckpt = time.monotonic()
-        return self.ckpt_path
-
-    def load_checkpoint(self) -> bool:
-        if not self.ckpt_path.is_file():
-            return False
-        try:
-            sd = torch.load(self.ckpt_path, map_location=self.learner.device, weights_only=True)
-            if sd.get("meta") != self._meta():
-                raise ValueError("it was written for another head, encoders or base bundle")
-            self.learner.load_state_dict(sd["learner"])
-        except Exception as exc:  # noqa: BLE001 - unreadable or foreign: set aside, start fresh
-            stale = self.ckpt_path.with_name(f"checkpoint.stale-{int(time.time())}.pt")
-            os.replace(self.ckpt_path, stale)
-            self.log(f"learner checkpoint {self.ckpt_path} not used ({exc}); moved to {stale.name}, starting fresh")
-            return False
-        self.exports = int(sd.get("exports", 0))
-        self.resumed_from = self.learner.updates
-        self._rate_mark = (time.monotonic(), self.learner.updates)
-        self.log(f"resumed from {self.ckpt_path}: {self.learner.updates} updates, {self.exports} exports")
-        return True
-
-    def close(self) -> None:
-        for c in (self.train_csv, self.episode_csv, self.event_csv):
-            c.close()
-        if self.tb is not None:
-            self.tb.close()

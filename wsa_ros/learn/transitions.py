@@ -64,13 +64,14 @@ backbones, e.g. ResNet-18's 8192 floats = 0.98 MB/s, can exceed the frames' size
   one arriving after the end are late for the finished episode and dropped. A truncated
   final step without a final frame cannot be bootstrapped and is dropped; a terminated one
   needs no next observation.
-* everything malformed or out of range (NaN, wrong sizes, unknown or missing joints, actions
-  outside the bounds, rewards beyond ``max_abs_reward``, unmatched stamps, non-finite
-  embeddings) is rejected and counted by reason in :attr:`Assembler.rejected`.
+* joint names follow the one rule (:class:`wsa_ros.runtime.observation.JointReader`): any
+  order, extra joints (a gripper in a teleoperation message) ignored, the agent's rule too.
+* everything malformed or out of range (NaN, wrong sizes, missing joints, actions outside
+  the bounds, rewards beyond ``max_abs_reward``, unmatched stamps, non-finite embeddings) is
+  rejected and counted by reason in :attr:`Assembler.rejected`.
 """
 from __future__ import annotations
 
-import bisect
 import collections
 import math
 from dataclasses import dataclass
@@ -78,9 +79,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..engine import build_proprio
-from ..observation import FrameSample, JointSample
+from wsa_ros.runtime.bundle import Bundle
+from wsa_ros.runtime.observation import FrameSample, JointReader, JointRejected, JointSample, StampHistory
 
 VERSION_LEN = 64  # fixed-width unicode columns in the store (no pickled objects anywhere)
 END_KINDS = ("terminated", "truncated")
@@ -287,49 +287,6 @@ class _Step:
     successor_lost: bool = False  # a record after this one never arrived: its next observation is unknown
 
 
-class _Stream:
-    """Recent samples of one stream sorted by stamp (bisect for nearest-stamp lookups)."""
-
-    def __init__(self, cfg: AssemblerConfig):
-        self.cfg = cfg
-        self.stamps: list[int] = []
-        self.items: list = []
-
-    def add(self, stamp_ns: int, item) -> None:
-        if self.stamps and stamp_ns <= self.stamps[-1]:
-            i = bisect.bisect_left(self.stamps, stamp_ns)
-            if i < len(self.stamps) and self.stamps[i] == stamp_ns:
-                self.items[i] = item  # a re-sent sample replaces the old one
-                return
-            self.stamps.insert(i, stamp_ns)
-            self.items.insert(i, item)
-        else:
-            self.stamps.append(stamp_ns)
-            self.items.append(item)
-        horizon = self.stamps[-1] - int(self.cfg.history_s * 1e9)
-        cut = bisect.bisect_left(self.stamps, horizon)
-        cut = max(cut, len(self.stamps) - self.cfg.max_history)
-        if cut > 0:
-            del self.stamps[:cut]
-            del self.items[:cut]
-
-    def nearest(self, stamp_ns: int, tol_ns: int):
-        """(stamp, item) nearest ``stamp_ns`` within ``tol_ns``, else None."""
-        if not self.stamps:
-            return None
-        i = bisect.bisect_left(self.stamps, stamp_ns)
-        best = None
-        for j in (i - 1, i):
-            if 0 <= j < len(self.stamps):
-                d = abs(self.stamps[j] - stamp_ns)
-                if d <= tol_ns and (best is None or d < best[0]):
-                    best = (d, j)
-        return None if best is None else (self.stamps[best[1]], self.items[best[1]])
-
-    def newest(self) -> int | None:
-        return self.stamps[-1] if self.stamps else None
-
-
 Encoder = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -354,8 +311,13 @@ class Assembler:
         self._low = np.asarray(spec.low, np.float64)
         self._high = np.asarray(spec.high, np.float64)
         self._slack = 1e-6 * (self._high - self._low) + 1e-9
-        self._frames = {c: _Stream(self.cfg) for c in self.cameras}
-        self._joints = _Stream(self.cfg)
+        hist = dict(maxlen=self.cfg.max_history, horizon_ns=int(self.cfg.history_s * 1e9))
+        self._frames = {c: StampHistory(**hist) for c in self.cameras}
+        self._joints = StampHistory(**hist)
+        # the one joint-name rule (observation.JointReader): any order, extra joints ignored
+        self._record_reader = JointReader(spec.action_joints, where="action record")
+        self._teleop_reader = JointReader(spec.action_joints, where="teleoperation command")
+        self._proprio_reader = JointReader((), proprio_spec, where="joint state") if proprio_spec else None
         self._pending: collections.deque[_Step] = collections.deque()
         self._open: _Step | None = None  # the step rewards / ends are attributed to
         self._prev: _Step | None = None  # the last resolved step still waiting for its successor
@@ -393,57 +355,40 @@ class Assembler:
             return self.reject("unknown_camera", f"camera '{camera}' is not one of {self.cameras}")
         if sample.stamp_ns <= 0:
             return self.reject("no_stamp", f"camera '{camera}' frame has a zero header stamp")
-        self._frames[camera].add(sample.stamp_ns, sample)
+        self._frames[camera].add(sample)
 
     def add_joints(self, sample: JointSample) -> None:
         if sample.stamp_ns <= 0:
             return self.reject("no_stamp", "joint state has a zero header stamp")
-        self._joints.add(sample.stamp_ns, sample)
-
-    def _by_name(self, names, values, what: str) -> np.ndarray | str:
-        """Values reordered to the action joints, or the rejection reason."""
-        names = list(names)
-        if len(values) != len(names):
-            return f"malformed:{what} has {len(names)} names but {len(values)} values"
-        if len(set(names)) != len(names):
-            return f"malformed:{what} repeats joint names {names}"
-        unknown = [n for n in names if n not in self.spec.action_joints]
-        if unknown:
-            return f"unknown_joint:{what} names joint(s) {unknown}; the policy commands {list(self.spec.action_joints)}"
-        missing = [n for n in self.spec.action_joints if n not in names]
-        if missing:
-            return f"missing_joint:{what} lacks joint(s) {missing}"
-        idx = {n: i for i, n in enumerate(names)}
-        out = np.array([float(values[idx[j]]) for j in self.spec.action_joints], dtype=np.float64)
-        if not np.all(np.isfinite(out)):
-            return f"non_finite:{what} holds NaN/inf: {out.tolist()}"
-        return out
+        self._joints.add(sample)
 
     def _fail(self, res: str) -> None:
         reason, _, detail = res.partition(":")
         self.reject(reason, detail)
 
-    def _command(self, names, values, what: str) -> np.ndarray | None:
-        """A command in joint units -> [-1, 1], or None after counting the rejection."""
-        cmd = self._by_name(names, values, what)
-        if isinstance(cmd, str):
-            self._fail(cmd)
+    def _command(self, reader: JointReader, names, values) -> np.ndarray | None:
+        """A command in joint units (read by the joint-name rule) -> [-1, 1], or None after
+        counting the rejection."""
+        try:
+            cmd, _ = reader.read(names, values)
+        except JointRejected as exc:
+            self.reject(exc.key, str(exc))
             return None
         if np.any(cmd < self._low - self._slack) or np.any(cmd > self._high + self._slack):
-            self.reject("action_out_of_bounds", f"{what} {cmd.tolist()} outside [{list(self.spec.low)}, "
+            self.reject("action_out_of_bounds", f"{reader.where} {cmd.tolist()} outside [{list(self.spec.low)}, "
                                                 f"{list(self.spec.high)}]")
             return None
         return np.clip(self.spec.normalise(cmd), -1.0, 1.0)
 
     def add_teleop(self, recv_ns: int, names, position) -> None:
-        a = self._command(names, position, "teleoperation command")
+        a = self._command(self._teleop_reader, names, position)
         if a is not None:
             self._teleop = (recv_ns, a)
 
     def newest_frame_stamp(self) -> int | None:
         """Stamp of the newest frame of the first camera (the frame a command sent now was
         computed from, by the agent's sync rule); None before the first frame."""
-        return self._frames[self.cameras[0]].newest()
+        return self._frames[self.cameras[0]].newest_stamp()
 
     def add_record(self, recv_ns: int, stamp_ns: int | None, version: str, names, position, velocity=()) -> None:
         """An action record (sensor_msgs/JointState layout of the agent's ``~/action_record``).
@@ -453,13 +398,14 @@ class Assembler:
             return self.reject("command_before_frame", "command recorded before any camera frame")
         if stamp_ns <= 0:
             return self.reject("no_stamp", "action record has a zero header stamp")
-        cmd = self._command(names, position, "action record command")
+        cmd = self._command(self._record_reader, names, position)
         if cmd is None:
             return
         if len(velocity):
-            pol = self._by_name(names, velocity, "action record policy output")
-            if isinstance(pol, str):
-                return self._fail(pol)
+            try:  # the policy output in [-1, 1], in the velocity field
+                pol, _ = self._record_reader.read(names, velocity)
+            except JointRejected as exc:
+                return self.reject(exc.key, f"policy output: {exc}")
             if np.any(np.abs(pol) > 1.0 + 1e-6):
                 return self.reject("action_out_of_bounds", f"policy output {pol.tolist()} outside [-1, 1]")
             pol = pol.astype(np.float32)
@@ -515,7 +461,7 @@ class Assembler:
         kind = str(kind).strip().lower()
         if kind not in END_KINDS:
             return self.reject("bad_episode_end", f"episode end '{kind}' is not one of {END_KINDS}")
-        newest = self._frames[self.cameras[0]].newest() if final_frame else None
+        newest = self._frames[self.cameras[0]].newest_stamp() if final_frame else None
         if self._open is not None:
             self._open.end = kind
             self._open.end_frame_ns = newest if newest is not None and newest > self._open.stamp_ns else None
@@ -538,22 +484,20 @@ class Assembler:
         first = self._frames[self.cameras[0]].nearest(stamp_ns, tol0)
         if first is None:
             return None
-        images[self.cameras[0]] = first[1]
-        for cam in self.cameras[1:]:
-            hit = self._frames[cam].nearest(first[0], skew)
+        images[self.cameras[0]] = first
+        for cam in self.cameras[1:]:  # the sync rule: nearest stamp (observation.Synchronizer)
+            hit = self._frames[cam].nearest(first.stamp_ns, skew)
             if hit is None:
                 return None
-            images[cam] = hit[1]
+            images[cam] = hit
         proprio = None
-        if self.proprio_spec is not None:
-            js = self._joints.nearest(first[0], int(self.cfg.joint_tolerance_s * 1e9))
+        if self._proprio_reader is not None:
+            js = self._joints.nearest(first.stamp_ns, int(self.cfg.joint_tolerance_s * 1e9))
             if js is None:
                 return None
             try:
-                proprio = build_proprio(self.proprio_spec, js[1].names, js[1].position,
-                                        js[1].velocity if len(js[1].velocity) else None,
-                                        js[1].effort if len(js[1].effort) else None)
-            except ValueError as exc:
+                proprio = self._proprio_reader.read(js.names, js.position, js.velocity, js.effort)[1]
+            except JointRejected as exc:
                 return f"bad_joint_state:{exc}"
         try:
             rgb = {c: s.rgb() for c, s in images.items()}
@@ -569,7 +513,7 @@ class Assembler:
             if not np.all(np.isfinite(v)):
                 return f"non_finite_embedding:encoder '{name}' produced NaN/inf"
             embs[name] = v
-        return _Obs(first[0], embs, None if proprio is None else proprio.astype(np.float32))
+        return _Obs(first.stamp_ns, embs, None if proprio is None else proprio.astype(np.float32))
 
     def _emit(self, step: _Step, nxt: _Obs, terminated: bool, truncated: bool, out: list) -> None:
         if step.n_rewards == 0:
@@ -624,9 +568,9 @@ class Assembler:
             if obs is None:
                 if now_ns - step.recv_ns < timeout:
                     break  # its frame / joint state may still be on its way
-                cams = {c: self._frames[c].newest() for c in self.cameras}
+                cams = {c: self._frames[c].newest_stamp() for c in self.cameras}
                 obs = f"no_matching_frame:record stamp {step.stamp_ns}; newest frames {cams}, newest joint " \
-                      f"state {self._joints.newest()}"
+                      f"state {self._joints.newest_stamp()}"
             self._pending.popleft()
             if isinstance(obs, str):
                 self._fail(obs)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, BundleError, compatible_with, load_bundle
-from ..engine import Engine, EngineError
+from wsa_ros.runtime.bundle import Bundle, BundleError, compatible_with, load_bundle
+from wsa_ros.runtime.engine import Engine, EngineError
 
 ACTION_TOL = 1e-5
 ONNX_TOL = 1e-3
@@ -50,7 +50,7 @@ class ValidationReport:
 def export_policy(policy, base: Bundle, out_dir: str | os.PathLike, version: str, recipe: dict | None = None,
                   name: str | None = None) -> Bundle:
     """Write ``policy`` as a new bundle in ``out_dir`` with the base bundle's encoders."""
-    from ..model.export import EncoderSource, export_bundle
+    from wsa_ros.model.export import EncoderSource, export_bundle
 
     encs = [EncoderSource.from_spec(e, base.root) for e in base.encoders]
     return export_bundle(out_dir, policy, encs, base.action, base.proprio, name=name or base.name,

@@ -89,40 +89,27 @@ TINY = dict(image_size=48, episodes=10, collect_steps=10, max_steps=20, ae_steps
 # --------------------------------------------------------------------------- data
 def collect(sim, episodes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Short episodes (many targets) from random or default arm poses: a random-walk prefix,
-    then the noisy expert; labels = expert action at every visited state."""
-    from wsa_ros.sim.reacher import expert_action
+    then the noisy expert (``sim.expert.ExplorationNoise``); labels = the expert's action at
+    every visited state."""
+    from wsa_ros.sim.expert import ExplorationNoise, expert_episodes
 
     high = sim.action_high
-    frames, pos, vel, act, label, nxt, ep_id, tgt = [], [], [], [], [], [], [], []
-    for ep in range(episodes):
-        obs = sim.reset(arm=("default", "random", "near_target", "random")[ep % 4])
-        prefix = 0 if ep % 3 == 0 else int(rng.integers(1, max(2, sim.max_steps // 2)))
-        sigma = float(rng.uniform(0.1, 1.0)) * high
-        a_rand = np.zeros(2)
+    frames, joints, act, label, nxt, ep_id, tgt = [], [], [], [], [], [], []
+    for ep in expert_episodes(sim, rng, episodes, ExplorationNoise(), starts=("default", "random", "near_target",
+                                                                            "random")):
         start = len(frames)
-        for t in range(sim.max_steps):
-            exp = expert_action(sim)
-            if t < prefix:
-                a_rand = 0.8 * a_rand + rng.normal(0.0, 0.6, 2) * high
-                a = np.clip(a_rand, -high, high)
-            else:
-                a = np.clip(exp + rng.normal(0.0, 1.0, 2) * sigma, -high, high)
-            frames.append(obs["image"])
-            pos.append(obs["position"])
-            vel.append(obs["velocity"])
-            act.append(a / high)
-            label.append(exp / high)
-            ep_id.append(ep)
-            tgt.append(sim.target)
-            obs, _, _, truncated, _ = sim.step(a)
-            if truncated:
-                break
+        for s in ep.steps:
+            frames.append(s.obs["image"])
+            joints.append(s.obs)
+            act.append(s.action / high)
+            label.append(s.label / high)
+            ep_id.append(ep.index)
+            tgt.append(s.info["target"])
         n = len(frames) - start
         nxt.extend(list(range(start + 1, start + n)) + [-1])
     return {
         "frames": np.stack(frames),
-        "position": np.asarray(pos),
-        "velocity": np.asarray(vel),
+        "joints": joints,  # the observations' joint readings (names, position, velocity)
         "action": np.asarray(act, dtype=np.float32),
         "label": np.asarray(label, dtype=np.float32),
         "next": np.asarray(nxt, dtype=np.int64),
@@ -172,92 +159,55 @@ def _bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
     return {"steps": steps, "samples": n, "train_mse": train_loss, "val_mse": val_loss, "last_batch_mse": last}
 
 
-def _run_episode(sim, obs, act) -> tuple[bool, bool, float]:
-    """Step ``act(obs) -> action`` from ``obs`` until the time limit; returns (success at the
-    last step, success at any step, final distance)."""
-    reached, info = False, sim.info()
-    for _ in range(sim.max_steps):
-        obs, _, _, truncated, info = sim.step(act(obs))
-        reached = reached or info["success"]
-        if truncated:
-            break
-    return info["success"], reached, info["distance"]
-
-
-def _rollout(sim, sessions, specs, policy, pnorm, episodes, seed_base, collect_labels=True):
-    """Run the torch policy on ORT embeddings; returns embeddings, proprio, expert labels, stats."""
+def _rollout(sim, sessions, specs, policy, pspec, episodes, seed_base):
+    """DAgger: run the torch policy on ORT embeddings (``sim.rollout``); returns the visited
+    states' embeddings, normalised proprio and expert labels, and the rollouts' stats."""
     import torch
 
     from wsa_ros.model.encoders import onnx_embed
     from wsa_ros.sim.reacher import expert_action
+    from wsa_ros.sim.rollout import evaluate, sim_proprio
 
     high = sim.action_high
+    mean, std = np.asarray(pspec.mean), np.asarray(pspec.std)
     embs = {s.name: [] for s in specs}
-    props, labels, succ_end, succ_any, dists, alphas = [], [], [], [], [], []
+    props, labels, alphas = [], [], []
 
     def act(obs):
         e = {s.name: onnx_embed(sessions[s.name], obs["image"], s.input) for s in specs}
-        p = np.concatenate([obs["position"], obs["velocity"]])
-        pn = ((p - pnorm[0]) / pnorm[1]).astype(np.float32)[None]
+        pn = ((sim_proprio(pspec, obs) - mean) / std).astype(np.float32)[None]
         with torch.no_grad():
             a, alpha = policy.deterministic_action({k: torch.from_numpy(v) for k, v in e.items()}, torch.from_numpy(pn))
-        if collect_labels:
-            for k, v in e.items():
-                embs[k].append(v[0])
-            props.append(pn[0])
-            labels.append(expert_action(sim) / high)
+        for k, v in e.items():
+            embs[k].append(v[0])
+        props.append(pn[0])
+        labels.append(expert_action(sim) / high)
         alphas.append(alpha.numpy()[0])
         return a.numpy()[0].astype(np.float64) * high
 
-    for ep in range(episodes):
-        obs = sim.reset(seed=seed_base + ep, arm=("default", "random")[ep % 2])
-        end, reached, dist = _run_episode(sim, obs, act)
-        succ_end.append(end)
-        succ_any.append(reached)
-        dists.append(dist)
-    stats = {
-        "episodes": episodes,
-        "success_final": float(np.mean(succ_end)),
-        "success_any": float(np.mean(succ_any)),
-        "final_distance": float(np.mean(dists)),
-        "alpha_mean": [float(x) for x in np.mean(alphas, axis=0)],
-    }
-    data = None
-    if collect_labels:
-        data = ({k: np.stack(v) for k, v in embs.items()}, np.stack(props), np.asarray(labels, dtype=np.float32))
+    ev = evaluate(sim, act, episodes, seed_base, arms=("default", "random")).summary()
+    stats = {"episodes": episodes, "success_final": ev["success_final"], "success_any": ev["success_any"],
+             "final_distance": ev["final_distance_m"], "alpha_mean": [float(x) for x in np.mean(alphas, axis=0)]}
+    data = ({k: np.stack(v) for k, v in embs.items()}, np.stack(props), np.asarray(labels, dtype=np.float32))
     return data, stats
 
 
 def evaluate_bundle(bundle, episodes: int, seed: int, image_size: int, max_steps: int, threads: int = 1) -> dict:
-    """Success of the exported bundle (through ONNX Runtime) and of the expert on the same episodes."""
-    from wsa_ros.engine import Engine
+    """Success of the exported bundle (through ONNX Runtime, the agent's own path) and of the
+    expert on the same episodes (``sim.rollout.evaluate``)."""
+    from wsa_ros.runtime.engine import Engine
     from wsa_ros.sim.reacher import ReacherSim, expert_action
+    from wsa_ros.sim.rollout import engine_policy, evaluate
 
-    engine = Engine(bundle, providers=["cpu"], threads=threads)  # the agent's own runtime path
-    cam = bundle.cameras[0]
+    engine = Engine(bundle, providers=["cpu"], threads=threads)
     res = {}
     for who in ("policy", "expert"):
-        succ_end, succ_any, dists, alphas = [], [], [], []
+        alphas: list = []
         with ReacherSim(seed=seed, image_size=image_size, max_steps=max_steps, render=(who == "policy")) as sim:
-
-            def act(obs):
-                if who != "policy":
-                    return expert_action(sim)
-                r = engine.step({cam: obs["image"]}, np.concatenate([obs["position"], obs["velocity"]]))
-                alphas.append(r.alpha)
-                return r.action
-
-            for ep in range(episodes):
-                end, reached, dist = _run_episode(sim, sim.reset(seed=seed + ep), act)
-                succ_end.append(end)
-                succ_any.append(reached)
-                dists.append(dist)
-        res[who] = {
-            "success_final": float(np.mean(succ_end)),
-            "within_5cm_final": float(np.mean(np.asarray(dists) < 0.05)),
-            "success_any": float(np.mean(succ_any)),
-            "final_distance_m": round(float(np.mean(dists)), 4),
-        }
+            act = engine_policy(engine, alphas) if who == "policy" else (lambda obs, sim=sim: expert_action(sim))
+            ev = evaluate(sim, act, episodes, seed).summary()
+        res[who] = {k: ev[k] for k in ("success_final", "within_5cm_final", "success_any")}
+        res[who]["final_distance_m"] = round(ev["final_distance_m"], 4)
         if alphas:
             res[who]["alpha_mean"] = [round(float(x), 4) for x in np.mean(alphas, axis=0)]
     res["episodes"] = episodes
@@ -269,7 +219,7 @@ def evaluate_bundle(bundle, episodes: int, seed: int, image_size: int, max_steps
 def build(args: argparse.Namespace, argv: list[str]) -> "object":
     import torch
 
-    from wsa_ros.bundle import ActionSpec, InputSpec, ProprioSpec, write_manifest
+    from wsa_ros.runtime.bundle import ActionSpec, InputSpec, ProprioSpec, write_manifest
     from wsa_ros.model.encoders import (
         export_encoder_onnx,
         onnx_embed,
@@ -281,6 +231,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
     from wsa_ros.model.export import EncoderSource, export_bundle
     from wsa_ros.model.wsa import FusionPolicy, make_head_config
     from wsa_ros.sim.reacher import ACTION_HIGH, ACTION_LOW, JOINT_NAMES, SUCCESS_RADIUS, TARGET_MARKER_RADIUS, ReacherSim
+    from wsa_ros.sim.rollout import sim_proprio
 
     t_start = time.time()
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[build-bundle {time.time() - t_start:6.1f}s] {m}", flush=True))
@@ -327,8 +278,9 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
     embs_np = {s.name: onnx_embed(sessions[s.name], data["frames"], inp) for s in specs}
     timings["embed_s"] = round(time.time() - t, 1)
 
-    # proprio normalisation from the collected states
-    p_raw = np.concatenate([data["position"], data["velocity"]], axis=1)
+    # proprio normalisation from the collected states, read by the agent's rule (observation.build_proprio)
+    layout = ProprioSpec(list(JOINT_NAMES), ["position", "velocity"], [0.0] * 4, [1.0] * 4)
+    p_raw = np.stack([sim_proprio(layout, o) for o in data["joints"]])
     p_mean = p_raw.mean(axis=0)
     p_std = np.maximum(p_raw.std(axis=0), 1e-3)
     proprio_spec = ProprioSpec(list(JOINT_NAMES), ["position", "velocity"], [round(float(x), 6) for x in p_mean], [round(float(x), 6) for x in p_std])
@@ -357,7 +309,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
     dagger_stats = []
     with ReacherSim(seed=args.seed + 500, image_size=size, max_steps=args.dagger_steps) as sim:
         for r in range(args.dagger_rounds):
-            (e_new, p_new, l_new), st = _rollout(sim, sessions, specs, policy, pnorm, args.dagger_episodes, args.seed + 500 + 100 * r)
+            (e_new, p_new, l_new), st = _rollout(sim, sessions, specs, policy, proprio_spec, args.dagger_episodes, args.seed + 500 + 100 * r)
             dagger_stats.append(st)
             log(f"dagger round {r}: policy success {st['success_any']:.2f} (any) {st['success_final']:.2f} (final), alpha {st['alpha_mean']}")
             E = {k: torch.cat([E[k], torch.from_numpy(e_new[k])]) for k in E}

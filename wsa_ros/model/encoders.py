@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsa_ros.bundle import EncoderSpec, InputSpec, sha256_file
+from wsa_ros.runtime.bundle import EncoderSpec, InputSpec, sha256_file
 
 OPSET = 17
 
@@ -502,10 +502,10 @@ def import_onnx_encoder(
 
 def prepare_images(frames: np.ndarray, input: InputSpec) -> np.ndarray:
     """Camera frames (uint8 [N, H, W, 3] RGB, or one HxWx3 frame) -> the encoder's ONNX input,
-    through the engine's own preprocessing (``wsa_ros.engine.preprocess``), so encoders are
+    through the engine's own preprocessing (``wsa_ros.runtime.engine.preprocess``), so encoders are
     trained and screened on exactly what the live agent feeds them."""
-    from ..bundle import EncoderSpec
-    from ..engine import preprocess
+    from wsa_ros.runtime.bundle import EncoderSpec
+    from wsa_ros.runtime.engine import preprocess
 
     x = np.asarray(frames)
     if x.dtype != np.uint8 or not (x.ndim == 4 and x.shape[-1] == 3 or x.ndim == 3 and x.shape[-1] == 3):

@@ -5,7 +5,7 @@
 ``load_policy_module`` rebuilds the trainable ``FusionPolicy`` from a bundle for fine-tuning;
 ``add_encoder_to_bundle`` / ``remove_encoder_from_bundle`` derive a new bundle that reuses the
 trained shared scorer, adapters and heads. Bundles run through
-``wsa_ros.engine.Engine``, the agent's own runtime.
+``wsa_ros.runtime.engine.Engine``, the agent's own runtime.
 
 Policy ONNX: inputs ``emb_<name>`` ``[B, *output_shape]`` for every encoder in manifest order
 (context encoders and encoders a baseline ignores included), then ``proprio`` ``[B, P]``;
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wsa_ros.bundle import (
+from wsa_ros.runtime.bundle import (
     ActionSpec,
     Bundle,
     BundleError,

@@ -72,7 +72,7 @@ def make_head_config(
     """Build a validated ``head`` mapping.
 
     ``encoders``: dicts ``{name, output_shape, role}`` or objects with those attributes
-    (e.g. ``wsa_ros.bundle.EncoderSpec``), in bundle order."""
+    (e.g. ``wsa_ros.runtime.bundle.EncoderSpec``), in bundle order."""
     encs = []
     for e in encoders:
         if isinstance(e, Mapping):

@@ -1,7 +1,7 @@
 """Record a rosbag of the simulated arm driven by its scripted expert (no ROS needed).
 
 What ``ros2 bag record`` would capture from ``sim_arm_node`` while a teleoperator (here
-:func:`wsa_ros.sim.reacher.expert_action`, inverse kinematics + P control, with Gaussian noise)
+:mod:`wsa_ros.sim.expert`, inverse kinematics + P control, with Gaussian noise)
 drives it, in sim time (one 0.02 s physics step per command, 50 Hz)::
 
   /joint_states                         sensor_msgs/msg/JointState   at t_k
@@ -37,9 +37,10 @@ def record_expert_bag(out, episodes: int, steps: int, seed: int, image_size: int
                       storage: str = "mcap", compress: bool = True, episode_topics: bool = False) -> dict:
     """Write the bag to ``out`` (a new folder); ``noise``: action noise std in rad/s.
     Returns {"path", "episodes", "steps", "seed", "success_rate"} (success at each episode's last step)."""
-    from ..bags import (BagWriter, QosInfo, make_bool, make_float64, make_float64_array, make_image,
+    from wsa_ros.runtime.bags import (BagWriter, QosInfo, make_bool, make_float64, make_float64_array, make_image,
                         make_joint_state, make_string)
-    from .reacher import ReacherSim, expert_action
+    from wsa_ros.sim.expert import GaussianNoise, expert_episodes
+    from wsa_ros.sim.reacher import ReacherSim
 
     rng = np.random.default_rng(seed)
     qos = QosInfo(reliable=True, transient_local=False, depth=10)
@@ -61,23 +62,18 @@ def record_expert_bag(out, episodes: int, steps: int, seed: int, image_size: int
                     make_image(t + 5_000_000, obs["image"], frame_id="camera"))
 
         k = 0
-        for _ep in range(episodes):
-            obs = sim.reset()
-            info = sim.info()
-            for _ in range(steps):
+        for ep in expert_episodes(sim, rng, episodes, GaussianNoise(noise)):
+            for s in ep.steps:
                 t = T0_NS + k * STEP_NS
-                observe(t, obs)
-                a = expert_action(sim) + rng.normal(0.0, noise, size=2)
-                a = np.clip(a, sim.action_low, sim.action_high)
-                w.write(COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray", t + 8_000_000, make_float64_array(a))
-                obs, reward, _term, _trunc, info = sim.step(a)
-                w.write(REWARD_TOPIC, "std_msgs/msg/Float64", t + 15_000_000, make_float64(reward))
+                observe(t, s.obs)
+                w.write(COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray", t + 8_000_000, make_float64_array(s.action))
+                w.write(REWARD_TOPIC, "std_msgs/msg/Float64", t + 15_000_000, make_float64(s.reward))
                 k += 1
-            successes.append(bool(info["success"]))
+            successes.append(ep.success)
             if episode_topics:  # the final frame, then how the episode ended (as sim_arm_node publishes)
                 t = T0_NS + k * STEP_NS
-                observe(t, obs)
-                w.write(SUCCESS_TOPIC, "std_msgs/msg/Bool", t + 10_000_000, make_bool(info["success"]))
+                observe(t, ep.steps[-1].next_obs)
+                w.write(SUCCESS_TOPIC, "std_msgs/msg/Bool", t + 10_000_000, make_bool(ep.success))
                 w.write(EPISODE_END_TOPIC, "std_msgs/msg/String", t + 12_000_000, make_string("truncated"))
                 k += 1
     return {"path": str(out), "episodes": episodes, "steps": episodes * steps, "seed": seed,

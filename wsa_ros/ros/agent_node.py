@@ -1,0 +1,250 @@
+"""``agent_node``: the ROS wiring of :class:`wsa_ros.runtime.agent_core.AgentCore`.
+
+Topics, parameters and services in, core calls; the core's outputs, messages out. What the
+agent decides (sync rule, watchdog, safety, teleoperation, exploration, hot-swap) is in the
+core and documented there; the topics are in ``config/agent.yaml`` and the README.
+
+* in (on the control companion ``<name>_rt``, sensor-data QoS): ``camera_topics``
+  (sensor_msgs/Image, or CompressedImage for topics ending in ``/compressed``; depth 1),
+  ``joint_states_topic`` (sensor_msgs/JointState; depth 10, every one kept for pairing by
+  stamp), ``teleop_topic`` (sensor_msgs/JointState); on this node ``estop_topic``
+  (std_msgs/Bool, best effort so any publisher matches).
+* out: ``command_topic`` (by ``output_mode``), ``~/action_record`` (sensor_msgs/JointState,
+  reliable, depth 100), ``~/alpha`` (std_msgs/Float32MultiArray), ``/diagnostics``.
+* services: ``~/enable`` (std_srvs/SetBool), ``~/rollback`` and ``~/reload`` (std_srvs/Trigger);
+  hot-swap: set the ``bundle`` parameter; a refusal is the SetParametersResult's reason.
+
+Threads: the control path (inputs, control timer, command / record / alpha publishers) lives on
+the companion node, served in its own thread by one bare wait set (``control_loop.py``;
+``control_executor: rclpy`` uses rclpy's executor); this node (parameters, services, e-stop,
+diagnostics) runs on a multi-threaded executor, so validating a hot-swap never delays a tick
+and the e-stop never waits behind a swap. Topic names are resolved (and remapped) by this node.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool, Float32MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from wsa_ros.config import AgentConfig, ConfigError
+from wsa_ros.ros import messages as M
+from wsa_ros.ros.control_loop import ControlLoop
+from wsa_ros.ros.main import run_node
+from wsa_ros.ros.params import check_change, declare_config
+from wsa_ros.runtime.agent_core import AgentCore, AgentError
+from wsa_ros.runtime.bundle import BundleError
+from wsa_ros.runtime.engine import EngineError
+from wsa_ros.runtime.images import is_compressed_topic
+from wsa_ros.runtime.stamps import stamp_ns
+
+#: parameters that may change while running; the rest need a restart (read-only)
+DYNAMIC = ("bundle", "max_rate", "max_obs_age_s", "blend_in_s", "log_throttle_s", "diagnostics_period_s")
+JOINT_QUEUE = 10  # joint-state subscription depth (every one stored for pairing by stamp)
+
+
+class _Outputs:
+    """The core's sink: its outputs as messages on the companion's publishers."""
+
+    def __init__(self, node: "AgentNode", rt):
+        self.node, cfg = node, node.cfg
+        out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.cmd = rt.create_publisher(M.COMMAND_TYPES[cfg.output_mode], node.resolve_topic_name(cfg.command_topic),
+                                       out_qos)
+        self.rec = rt.create_publisher(JointState, node.resolve_topic_name("~/action_record"), QoSProfile(depth=100))
+        self.alp = rt.create_publisher(Float32MultiArray, node.resolve_topic_name("~/alpha"), out_qos)
+        self.period_ns = int(round(1e9 / cfg.control_rate_hz))
+
+    def command(self, cmd) -> None:
+        core, cfg = self.node.core, self.node.cfg
+        self.cmd.publish(M.command_msg(cfg.output_mode, cmd, core.action_joints, core.mode, self.period_ns,
+                                       cfg.command_frame_id, self.node.now_ns()))
+
+    def record(self, stamp, version, joints, cmd, action_norm, action) -> None:
+        self.rec.publish(M.action_record_msg(stamp, version, joints, cmd, action_norm, action))
+
+    def alpha(self, names, alpha) -> None:
+        self.alp.publish(M.alpha_msg(names, alpha))
+
+
+class AgentNode(Node):
+    def __init__(self):
+        super().__init__(AgentConfig.NODE)
+        self.cfg: AgentConfig = declare_config(self, AgentConfig, dynamic=DYNAMIC)
+        cfg = self.cfg
+        self._clock = self.get_clock()
+        self._internal_param_set = False
+        # the control companion: its subscriptions, timer and publishers are served by one thread
+        self.rt = rclpy.create_node(
+            f"{self.get_name()}_rt", namespace=self.get_namespace(), context=self.context,
+            use_global_arguments=False, start_parameter_services=False,
+            parameter_overrides=[Parameter("use_sim_time", value=bool(self.get_parameter("use_sim_time").value))])
+        self.core = AgentCore(cfg, None, self.get_logger())
+        self.core.sink = _Outputs(self, self.rt)
+        rt, core = self.rt, self.core
+        sensor = dict(reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability)
+        # joint states first: when a joint state and a frame are both waiting, the loop (which
+        # serves subscriptions in creation order) stores the joint state before the frame
+        self._subs = [rt.create_subscription(
+            JointState, self.resolve_topic_name(cfg.joint_states_topic),
+            lambda m, info: core.on_joints(m.name, m.position, m.velocity, m.effort, stamp_ns(m.header.stamp),
+                                           self.now_ns(), M.publisher_info(info)),
+            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=JOINT_QUEUE, **sensor))]
+        for cam, topic in zip(core.cameras, cfg.camera_topics):
+            comp = is_compressed_topic(topic)
+            self._subs.append(rt.create_subscription(
+                CompressedImage if comp else Image, self.resolve_topic_name(topic),
+                lambda m, info, cam=cam, comp=comp: core.on_frame(cam, m, comp, self.now_ns(), M.publisher_info(info)),
+                QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, **sensor)))
+        if cfg.teleop_topic:  # on the control thread, like the inputs it competes with
+            self._subs.append(rt.create_subscription(
+                JointState, self.resolve_topic_name(cfg.teleop_topic),
+                lambda m: core.on_teleop(m.name, m.position, time.monotonic()),
+                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)))
+        safety = MutuallyExclusiveCallbackGroup()
+        self._subs.append(self.create_subscription(
+            Bool, cfg.estop_topic, lambda m: self._guarded("e-stop callback", core.estop, bool(m.data)),
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT), callback_group=safety))
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics",
+                                               QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.create_service(SetBool, "~/enable", self._service("~/enable", self._on_enable), callback_group=safety)
+        # default callback group, with ~/set_parameters: swaps are serialised, never on the control thread
+        self.create_service(Trigger, "~/rollback", self._service("~/rollback", self._on_rollback))
+        self.create_service(Trigger, "~/reload", self._service("~/reload", lambda req, resp: self._answer(
+            resp, *core.reload())))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._timer = rt.create_timer(1.0 / cfg.control_rate_hz, lambda: core.on_timer(self.now_ns()))
+        self._diag_timer = self.create_timer(cfg.diagnostics_period_s, lambda: self._guarded(
+            "diagnostics", self._publish_diagnostics), callback_group=MutuallyExclusiveCallbackGroup())
+        self._control = self._control_thread = None
+        self.get_logger().info(
+            f"agent ready: {cfg.output_mode} on {self.resolve_topic_name(cfg.command_topic)} at "
+            f"{cfg.control_rate_hz:g} Hz (trigger {cfg.trigger}, sync {cfg.sync}), max observation age "
+            f"{cfg.max_obs_age_s * 1e3:.0f} ms, state {core.sup.state.value}"
+            + ("" if cfg.start_enabled else "; call ~/enable (std_srvs/SetBool) to act"))
+
+    def now_ns(self) -> int:
+        """ROS time: /clock with use_sim_time, else the system clock (read directly: an rclpy
+        Time object per call costs more than the rest of the tick's bookkeeping)."""
+        return self._clock.now().nanoseconds if self._clock.ros_time_is_active else time.time_ns()
+
+    # ------------------------------------------------------------------ requests
+    def _guarded(self, where: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a callback must never take the node down
+            self.core.internal_error(where, exc)
+            return None
+
+    def _service(self, where: str, fn):
+        def cb(req, resp):
+            try:
+                return fn(req, resp)
+            except Exception as exc:  # noqa: BLE001
+                self.core.internal_error(where, exc)
+                return self._answer(resp, False, f"internal error: {type(exc).__name__}: {exc}")
+        return cb
+
+    @staticmethod
+    def _answer(resp, ok: bool, message: str):
+        resp.success, resp.message = bool(ok), message
+        return resp
+
+    def _on_enable(self, req, resp):
+        return self._answer(resp, *self.core.enable(bool(req.data), self.now_ns()))
+
+    def _on_rollback(self, req, resp):
+        ok, message = self.core.rollback()
+        if ok:  # the parameter follows the policy now running, without swapping again
+            self._internal_param_set = True
+            try:
+                self.set_parameters([Parameter("bundle", value=self.core.engine_path)])
+            finally:
+                self._internal_param_set = False
+        return self._answer(resp, ok, message)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        try:
+            new, res = check_change(AgentConfig, self.cfg, params)
+            if not res.successful:
+                return res
+            bundle = [p.value for p in params if p.name == "bundle"]
+            if bundle and not self._internal_param_set:
+                ok, reason = self.core.swap(bundle[0])
+                if not ok:
+                    return SetParametersResult(successful=False, reason=reason)
+            self.core.configure(new)
+            if new.diagnostics_period_s != self.cfg.diagnostics_period_s:
+                self._diag_timer.timer_period_ns = int(new.diagnostics_period_s * 1e9)
+            self.cfg = new
+            return SetParametersResult(successful=True)
+        except Exception as exc:  # noqa: BLE001
+            self.core.internal_error("parameter change", exc)
+            return SetParametersResult(successful=False, reason=f"internal error: {type(exc).__name__}: {exc}")
+
+    def _publish_diagnostics(self) -> None:
+        level, summary, kv = self.core.diagnostics(self.now_ns())
+        status = M.diagnostic_status(level, f"{self.get_name()}: policy", summary, self.get_fully_qualified_name(), kv)
+        self._pub_diag.publish(M.diagnostic_array([status], self.now_ns()))
+
+    # ------------------------------------------------------------------ life cycle (ros.main)
+    def make_executor(self):
+        return MultiThreadedExecutor(num_threads=4)
+
+    def start(self) -> None:
+        if self.cfg.control_executor == "waitset":
+            self._control = ControlLoop(self.rt, on_error=self.core.internal_error)
+        else:
+            self._control = SingleThreadedExecutor()
+            self._control.add_node(self.rt)
+        self._control_thread = threading.Thread(target=self._spin_control, name="wsa-control", daemon=True)
+        self._control_thread.start()
+
+    def _spin_control(self) -> None:
+        try:
+            self._control.spin()
+        except ExternalShutdownException:
+            pass
+        except Exception as exc:  # noqa: BLE001 - callbacks are guarded; this is the executor itself
+            self.get_logger().fatal(f"control executor stopped: {type(exc).__name__}: {exc}")
+            os.kill(os.getpid(), signal.SIGTERM)  # take the whole node down rather than run without control
+
+    def close(self) -> None:
+        """The last stop command (acknowledged by the subscribers before we exit), then the
+        control thread and the companion node."""
+        try:
+            if self.core.shutdown(self.now_ns()):
+                acked = self.core.sink.cmd.wait_for_all_acked(Duration(seconds=1.0))
+                self.get_logger().info(f"shutting down: stop command sent{'' if acked else ' (not acknowledged)'}")
+        except Exception as exc:  # noqa: BLE001 - best effort while exiting
+            self.get_logger().error(f"could not send the stop command at shutdown: {exc}")
+        if self._control is not None:
+            self._control.shutdown(timeout_sec=1.0)
+            self._control_thread.join(timeout=2.0)
+        self.rt.destroy_node()
+
+
+def main(argv=None) -> int:
+    """Entry point ``agent_node`` (``ros2 run wsa_ros agent_node --ros-args --params-file ...``)."""
+    # a thread doing Python work (a swap parsing a manifest) hands the GIL to the control
+    # tick within 1 ms instead of the default 5 ms
+    sys.setswitchinterval(0.001)
+    return run_node(AgentConfig.NODE, AgentNode, (ConfigError, BundleError, EngineError, AgentError), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""``sim_arm_node``: the ROS wiring of :class:`wsa_ros.sim.arm.SimArm`, the simulated 2-joint arm
+behind the topics a real arm driver and a ros2_control controller offer.
+
+One timer steps the sim every 0.02 s of sim time (``50 * real_time_factor`` Hz of wall time, or
+as fast as the machine allows). Per tick, in this order and with one header stamp (sim time
+when ``publish_clock``, from 0 in 0.02 s steps; otherwise the node's wall clock):
+
+1. ``/clock`` (rosgraph_msgs/Clock), when ``publish_clock`` (the graph then uses sim time);
+2. ``reward_topic`` (std_msgs/Float64) and ``success_topic`` (std_msgs/Bool) of the step just
+   taken (reliable; none on a reset tick);
+3. ``camera_topic`` (sensor_msgs/Image rgb8, frame_id ``camera``) and ``joint_states_topic``
+   (sensor_msgs/JointState ``joint0``, ``joint1``: position, velocity), sensor-data QoS;
+4. at an episode's end, after its final frame: ``episode_end_topic`` (std_msgs/String
+   ``terminated``/``truncated``) and ``~/episode_stats`` (diagnostic_msgs/DiagnosticStatus).
+
+``/diagnostics`` once a second. Commands (``command_type``): std_msgs/Float64MultiArray of joint
+velocities (rad/s, ``joint0, joint1``) as a forward_command_controller takes them, or
+trajectory_msgs/JointTrajectory (the first point's ``velocities``, joints by name). A bad
+command is rejected and counted, never applied; the latest valid one holds for
+``command_timeout_s``, then the arm is commanded to stop.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64, Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from wsa_ros.config import ConfigError, SimConfig
+from wsa_ros.ros import messages as M
+from wsa_ros.ros.main import run_node
+from wsa_ros.ros.params import declare_config
+from wsa_ros.sim.arm import SimArm
+
+
+class SimArmNode(Node):
+    def __init__(self):
+        super().__init__(SimConfig.NODE)
+        self.cfg = c = declare_config(self, SimConfig)
+        if c.publish_clock and self.get_parameter("use_sim_time").value:
+            raise ConfigError("sim_arm_node publishes /clock itself: it cannot also use_sim_time")
+        self.arm = SimArm(c)
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_image = self.create_publisher(Image, c.camera_topic, qos_profile_sensor_data)
+        self.pub_joints = self.create_publisher(JointState, c.joint_states_topic, qos_profile_sensor_data)
+        self.pub_reward = self.create_publisher(Float64, c.reward_topic, reliable)
+        self.pub_success = self.create_publisher(Bool, c.success_topic, reliable)
+        self.pub_end = self.create_publisher(String, c.episode_end_topic, reliable)
+        self.pub_stats = self.create_publisher(DiagnosticStatus, "~/episode_stats", reliable)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_clock = self.create_publisher(Clock, "/clock", 10) if c.publish_clock else None
+        if c.command_type == "joint_trajectory":
+            self.create_subscription(JointTrajectory, c.command_topic, lambda m: self._warn(self.arm.offer_trajectory(
+                m.joint_names, m.points[0].velocities if m.points else [], self._gate_ns())), 10)
+        else:
+            self.create_subscription(Float64MultiArray, c.command_topic,
+                                     lambda m: self._warn(self.arm.offer_velocities(m.data, self._gate_ns())), 10)
+        self._last_warn = 0.0
+        self.create_timer(self.arm.sim.dt / c.real_time_factor, self._tick)
+        self.create_timer(1.0, self._diagnostics)
+        self.get_logger().info(
+            f"Reacher {c.image_size}px seed {c.seed}: {1 / self.arm.sim.dt * c.real_time_factor:g} steps/s target, "
+            f"{c.command_type} commands on {c.command_topic} (timeout {c.command_timeout_s:g} s), "
+            f"camera {c.camera_topic}, joints {c.joint_states_topic}, clock {'on' if c.publish_clock else 'off'}")
+
+    def _gate_ns(self) -> int:
+        """The command gate's clock: sim time when publishing /clock, else the node's clock."""
+        return self.arm.sim_ns if self.pub_clock is not None else self.get_clock().now().nanoseconds
+
+    def _warn(self, reason: str | None) -> None:
+        if reason and time.monotonic() - self._last_warn > 2.0:
+            self._last_warn = time.monotonic()
+            self.get_logger().warning(f"rejected command ({self.arm.gate.rejected} so far): {reason}")
+
+    def _tick(self) -> None:
+        stamp = self.arm.sim_ns + self.arm.dt_ns if self.pub_clock is not None else self.get_clock().now().nanoseconds
+        if self.pub_clock is not None:
+            self.pub_clock.publish(Clock(clock=M.time_msg(stamp)))
+        t = self.arm.tick(stamp, self._gate_ns() if self.pub_clock is None else stamp)
+        if t.reward is not None:  # the step just taken, before the frame it produced
+            self.pub_reward.publish(Float64(data=t.reward))
+            self.pub_success.publish(Bool(data=t.success))
+        img = t.obs["image"]
+        m = Image(height=int(img.shape[0]), width=int(img.shape[1]), encoding="rgb8", is_bigendian=0,
+                  step=int(img.shape[1]) * 3, data=img.tobytes())
+        m.header.stamp, m.header.frame_id = M.time_msg(stamp), "camera"
+        self.pub_image.publish(m)
+        js = JointState(name=self.arm.joint_names, position=[float(x) for x in t.obs["position"]],
+                        velocity=[float(x) for x in t.obs["velocity"]])
+        js.header.stamp = M.time_msg(stamp)
+        self.pub_joints.publish(js)
+        if t.end is not None:  # after the final frame
+            self.pub_end.publish(String(data=t.end))
+            s = t.stats
+            self.pub_stats.publish(M.diagnostic_status(
+                0, f"{self.get_name()}: episode", f"episode {s['episode']} {t.end}: return {float(s['return']):.3f}, "
+                f"success {s['success']}", "reacher", s))
+
+    def _diagnostics(self) -> None:
+        v = self.arm.diagnostics()
+        now = self.arm.sim_ns if self.pub_clock is not None else self.get_clock().now().nanoseconds
+        status = M.diagnostic_status(1 if self.arm.gate.rejected else 0, f"{self.get_name()}: sim",
+                                     f"{v['steps_per_s']} steps/s, {self.arm.gate.rejected} rejected commands",
+                                     "reacher", v)
+        self.pub_diag.publish(M.diagnostic_array([status], now))
+
+    def close(self) -> None:
+        self.arm.close()
+
+
+def main(argv=None) -> int:
+    """Entry point ``sim_arm_node``."""
+    return run_node(SimConfig.NODE, SimArmNode, (ConfigError, ValueError), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline commands (``wsa <command>``): check-bundle, bench, eval-bag, screen, demo, plots."""

@@ -1,0 +1,71 @@
+"""`wsa <command> [args]`: the plain command-line tools, one module each.
+
+Each command is ``module:function`` taking ``argv`` and returning an exit code; modules
+are imported only when their command runs, so `wsa --help` stays fast and a tool's
+heavy dependencies (torch, rclpy) load only for the tools that need them.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "build-bundle": ("wsa_ros.model.build_default:main", "train encoders + WSA head on the simulated arm, export a bundle"),
+    "check-bundle": ("wsa_ros.tools.cli:check_bundle", "validate a bundle (manifest, hashes, shapes, warm-up) and print it"),
+    "bench": ("wsa_ros.tools.bench:main", "engine latency vs PyTorch eager, 1-4 encoders, 84/128 px"),
+    "eval-bag": ("wsa_ros.tools.eval_bag:main", "run a bundle over a rosbag offline; CSV + report"),
+    "screen": ("wsa_ros.tools.screen:main", "rank candidate encoders on a bag with linear probes"),
+    "import-demos": ("wsa_ros.learn.demos:main", "import rosbag demonstrations into a demonstration store"),
+    "demo": ("wsa_ros.tools.demo:main", "the main job: simulated arm + agent + fine-tuner over ROS on localhost"),
+}
+
+
+def check_bundle(argv=None) -> int:
+    import argparse
+
+    from wsa_ros.runtime.bundle import BundleError
+    from wsa_ros.runtime.engine import Engine
+
+    ap = argparse.ArgumentParser(prog="wsa check-bundle", description=COMMANDS["check-bundle"][1])
+    ap.add_argument("bundle", nargs="?", default="", help="bundle folder (default: the shipped models/default)")
+    ap.add_argument("--providers", default="tensorrt,cuda,cpu")
+    args = ap.parse_args(argv)
+    from wsa_ros.config import resolve_bundle
+
+    path = resolve_bundle(args.bundle)
+    try:
+        eng = Engine(path, providers=args.providers.split(","))
+    except BundleError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    b = eng.bundle
+    print(f"bundle {b.name} version {b.version} at {b.root}")
+    print(f"  fusion {b.fusion} ({b.normalization}), provider {eng.provider}")
+    for e in b.encoders:
+        print(f"  encoder {e.name:12s} camera {e.camera:8s} role {e.role:8s} input {e.input.height}x{e.input.width} "
+              f"{e.input.color}/{e.input.dtype} -> {e.output_shape}")
+    if b.proprio:
+        print(f"  proprio {b.proprio.fields} of {b.proprio.joint_names}")
+    a = b.action
+    print(f"  action {a.mode} {a.joint_names} [{a.units}] low {a.low} high {a.high}")
+    print("OK: hashes, shapes and warm-up checked")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: wsa <command> [options]\n\ncommands:")
+        for name, (_target, text) in COMMANDS.items():
+            print(f"  {name:14s} {text}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"wsa: unknown command '{name}'; try 'wsa --help'", file=sys.stderr)
+        return 2
+    mod, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(mod), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

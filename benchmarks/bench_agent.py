@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "test"))
+sys.path.insert(0, str(ROOT / "test" / "ros"))  # ros_peer
 sys.path.insert(0, str(ROOT))
 
 from ros_peer import AgentProcess, Peer, rgb_frame, stamp_key, wait_for  # noqa: E402
@@ -105,7 +105,7 @@ def run_rate(args, bundle: Path, rate: float, duration: float, domain: int, log_
              echo: bool = False) -> dict:
     params = dict(bundle=str(bundle), providers=args.providers, camera_topics=[CAM], joint_states_topic=JS,
                   control_rate_hz=float(rate), trigger=args.trigger, max_obs_age_s=0.5, start_enabled=True,
-                  blend_in_s=0.0, max_rate=0.0, diagnostics_period_s=1.0)
+                  blend_in_s=0.0, max_rate=0.0, diagnostics_period_s=1.0, sync=args.sync)
     h, w = args.size
     agent = EchoProcess(domain, log_dir) if echo else AgentProcess(domain, params, log_dir=log_dir, name="agent_node")
     peer = Peer(domain, name="bench")
@@ -262,6 +262,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trigger", default="camera", choices=["camera", "timer"],
                     help="agent trigger: camera = act on each frame's arrival (lowest latency)")
     ap.add_argument("--providers", default="cpu", help="comma-separated execution providers")
+    ap.add_argument("--sync", default="stamp", choices=["stamp", "newest"],
+                    help="the agent's sync rule: stamp (default; a frame waits for the first joint state stamped "
+                         "at or after it: up to one joint-state period) or newest (no wait)")
     ap.add_argument("--python-msgs", action="store_true",
                     help="build each frame as an rclpy Image message (adds Python message conversion to the "
                          "publish side; default: publish pre-serialized frames, as a C++ camera driver would)")
@@ -289,6 +292,7 @@ def main(argv=None) -> int:
     print(f"bundle: {bundle}  frames: {args.size[0]}x{args.size[1]} rgb8 "
           f"({'rclpy messages' if args.python_msgs else 'pre-serialized'})  joint states: "
           f"{f'{args.joint_rate:g} Hz' if args.joint_rate > 0 else 'one before each frame'}  trigger: {args.trigger}  "
+          f"sync: {args.sync}  "
           f"cpus: {os.cpu_count()}  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_agent_") as log_dir:

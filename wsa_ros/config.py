@@ -79,7 +79,7 @@ class AgentConfig:
     control_executor: str = param(
         "waitset",
         "What serves the control thread (camera / joint subscriptions, control timer): waitset = "
-        "one bare rcl wait set (lowest latency; wsa_ros/nodes/control_loop.py); rclpy = rclpy's "
+        "one bare rcl wait set (lowest latency; wsa_ros/ros/control_loop.py); rclpy = rclpy's "
         "SingleThreadedExecutor (fallback).", choices=("waitset", "rclpy"))
     sync: str = param(
         "stamp",
@@ -351,11 +351,6 @@ def from_dict(cls, values: dict[str, Any], where: str = "config"):
         else:
             kwargs[k] = _check_value(cls, k, typ, v, meta, where)
     return cls(**kwargs)
-
-
-def validate(obj) -> None:
-    """Re-check every field of an instance (after programmatic changes)."""
-    from_dict(type(obj), dataclasses.asdict(obj), where=type(obj).__name__)
 
 
 def load(path: str | os.PathLike, cls, node_name: str | None = None):

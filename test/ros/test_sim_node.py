@@ -12,7 +12,6 @@ import math
 import time
 
 import numpy as np
-import pytest
 
 
 from wsa_ros.tools.demo import Children, node_command, ros_env  # noqa: E402

@@ -3,7 +3,6 @@ deterministic order, clear errors, and the sync rule shared by the agent and eva
 No ROS middleware needed."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from wsa_ros.runtime import bags
 from wsa_ros.runtime.bags import BagError
 
 SAMPLE_BAG = Path(__file__).resolve().parents[1] / "data" / "sample_bag"
-from bagdata import T0, mixed_records, write_mixed_bag  # noqa: E402  (test/bagdata.py)
+from bagdata import T0, write_mixed_bag  # noqa: E402  (test/bagdata.py)
 
 
 @pytest.mark.parametrize("storage,compress", [("mcap", False), ("mcap", True), ("sqlite3", False)])

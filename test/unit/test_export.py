@@ -290,3 +290,29 @@ def test_engine_rewritten_policy_agrees_with_pytorch(make_bundle, opts):
     a_o, al_o = eng.act({k: v.numpy() for k, v in embs.items()}, raw)
     assert _rel_err(a_t.numpy(), a_o) <= RTOL
     assert _rel_err(al_t.numpy(), al_o) <= RTOL
+
+
+def test_build_bundle_rebuilds_bit_identically(tmp_path):
+    """`wsa build-bundle` is seeded end to end: two runs in separate processes write the same
+    encoder, policy and head files (same sha256) and the same recipe except its timings."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wsa = Path(sys.executable).parent / "wsa"
+    built = []
+    for i in range(2):
+        out = tmp_path / f"b{i}"
+        r = subprocess.run([str(wsa), "build-bundle", "--tiny", "--quiet", "--threads", "1", "--eval-episodes", "1",
+                            "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        built.append(load_bundle(out))
+    a, b = built
+    files = lambda x: {e.name: e.sha256 for e in x.encoders} | {"policy": x.policy.sha256, "head": x.weights["sha256"]}  # noqa: E731
+    assert files(a) == files(b)
+    def strip(r):  # wall-clock timings aside, the recipe is the same numbers
+        if isinstance(r, dict):
+            return {k: strip(v) for k, v in r.items() if k not in ("timings", "seconds", "command")}
+        return [strip(v) for v in r] if isinstance(r, list) else r
+
+    assert strip(a.recipe) == strip(b.recipe)

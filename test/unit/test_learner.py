@@ -37,7 +37,7 @@ class StateTask:
     def __init__(self, seed: int):
         from wsa_ros.sim.reacher import ReacherSim
 
-        self.sim = ReacherSim(seed=seed, max_steps=10**6, render=False)
+        self.sim = ReacherSim(seed=seed, max_steps=EP_STEPS, render=False)
         self.noise = np.random.default_rng(seed + 77)
         self.spec = TransitionSpec(encoders=self.ENCODERS, proprio_dim=0, action_joints=("joint0", "joint1"),
                                    low=(-3.0, -3.0), high=(3.0, 3.0))
@@ -50,21 +50,28 @@ class StateTask:
         return {"ctx": v, "state": v, "noise": self.noise.normal(size=10).astype(np.float32)}
 
     def episode(self, act, seed: int, demo: bool = False) -> tuple[float, dict]:
-        """One episode; returns (return, flat records)."""
-        self.sim.reset(seed=seed)
-        e = self.embed()
-        ret, recs = 0.0, []
-        for k in range(EP_STEPS):
-            a = np.asarray(act(e), np.float32)
-            _obs, r, _term, _trunc, _info = self.sim.step(a * 3.0)
-            e2 = self.embed()
-            ret += r
+        """One episode through the one episode loop (``sim.rollout``); returns (return, flat records)."""
+        from wsa_ros.sim.rollout import run_episode
+
+        obs = self.sim.reset(seed=seed)
+        cur = {"e": self.embed(), "a": None}
+        recs = []
+
+        def policy(_obs):
+            cur["a"] = np.asarray(act(cur["e"]), np.float32)
+            return cur["a"] * 3.0
+
+        def on_step(_obs, _a, r, _nobs, _info, _term, trunc):
+            e, e2 = cur["e"], self.embed()
             rec = {f"obs.{n}": e[n] for n, _ in self.ENCODERS} | {f"next.{n}": e2[n] for n, _ in self.ENCODERS}
-            rec.update(action=a, policy_action=a, reward=np.float32(r), terminated=False,
-                       truncated=k == EP_STEPS - 1, intervention=demo)
+            rec.update(action=cur["a"], policy_action=cur["a"], reward=np.float32(r), terminated=False,
+                       truncated=trunc, intervention=demo)
             recs.append(rec)
-            e = e2
-        return ret, {k: np.stack([np.asarray(r[k]) for r in recs]) for k in recs[0]}
+            cur["e"] = e2
+
+        res = run_episode(self.sim, obs, policy, on_step)
+        assert res.steps == EP_STEPS
+        return res.ret, {k: np.stack([np.asarray(r[k]) for r in recs]) for k in recs[0]}
 
     def evaluate(self, act) -> np.ndarray:
         return np.array([self.episode(act, s)[0] for s in EVAL_SEEDS])

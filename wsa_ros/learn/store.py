@@ -109,8 +109,6 @@ class ReplayStore:
         self.corrupt = 0
         self.redundant_removed = 0
         self.written = 0  # transitions written by this process
-        self.flushes = 0
-        self.last_flush_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._open(create, meta or {})
@@ -264,7 +262,6 @@ class ReplayStore:
                 first = max((k[1] for k in self._chunks), default=-1) + 1
             if not recs:
                 return 0
-            t0 = time.perf_counter()
             try:
                 path = self._write(first, self._arrays(recs))
             except OSError as exc:
@@ -279,8 +276,6 @@ class ReplayStore:
             with self._lock:
                 self._chunks[(first, first + len(recs) - 1)] = path
             self.written += len(recs)
-            self.flushes += 1
-            self.last_flush_s = time.perf_counter() - t0
             if self.error:
                 log.warning("replay store %s writable again; %d transitions kept while it failed were written",
                             self.root, len(recs))

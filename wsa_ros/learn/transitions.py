@@ -475,7 +475,7 @@ class Assembler:
         self._ep_return, self._ep_success, self._ep_steps = 0.0, -1, 0
 
     # ------------------------------------------------------------------ resolution
-    def _observe(self, stamp_ns: int, exact: bool = True) -> _Obs | str | None:
+    def _observe(self, stamp_ns: int) -> _Obs | str | None:
         """Embeddings + proprio for the frame stamped ``stamp_ns``; None = not yet
         available; a string = the rejection."""
         tol0 = int(self.cfg.frame_tolerance_s * 1e9)

@@ -100,7 +100,6 @@ class ConvAutoencoder(nn.Module):
             sizes.append((_conv_out(h, k, s), _conv_out(w, k, s)))
         if min(sizes[-1]) < 1:
             raise ValueError(f"image {height}x{width} too small for the conv autoencoder (latent would be {sizes[-1]})")
-        self.latent_shape = [layers[-1][0], *sizes[-1]]
         mods: list[nn.Module] = []
         chans = [in_channels] + [co for co, _, _ in layers]
         for i in reversed(range(len(layers))):
@@ -534,14 +533,4 @@ def onnx_embed(
     return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
 
-def embed_with_spec(spec: EncoderSpec, root: str | Path, frames: np.ndarray, batch: int = 256) -> np.ndarray:
-    """``onnx_embed`` for a bundle's EncoderSpec (file relative to ``root``)."""
-    return onnx_embed(Path(root) / spec.file, frames, spec.input, batch, spec.onnx_input, spec.onnx_output)
 
-
-def param_count(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def nbytes_of(m: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in m.parameters())

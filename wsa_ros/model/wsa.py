@@ -511,7 +511,6 @@ class FusionPolicy(nn.Module):
         keep = {k: v.detach().clone() for k, v in old_sd.items() if k in new_sd and new_sd[k].shape == v.shape}
         new_sd.update(keep)
         new.load_state_dict(new_sd)
-        new.reused_keys = sorted(keep)  # type: ignore[attr-defined]
         new.fresh_keys = sorted(set(new_sd) - set(keep))  # type: ignore[attr-defined]
         return new
 

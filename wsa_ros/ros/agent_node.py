@@ -127,7 +127,7 @@ class AgentNode(Node):
         self.create_service(Trigger, "~/reload", self._service("~/reload", lambda req, resp: self._answer(
             resp, *core.reload())))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._timer = rt.create_timer(1.0 / cfg.control_rate_hz, lambda: core.on_timer(self.now_ns()))
+        rt.create_timer(1.0 / cfg.control_rate_hz, lambda: core.on_timer(self.now_ns()))
         self._diag_timer = self.create_timer(cfg.diagnostics_period_s, lambda: self._guarded(
             "diagnostics", self._publish_diagnostics), callback_group=MutuallyExclusiveCallbackGroup())
         self._control = self._control_thread = None

@@ -1,6 +1,6 @@
 """The demo's observer: an rclpy node in a private context that watches the simulated arm,
 the agent and the fine-tuner (episode stats, action records, alpha, diagnostics) for
-``wsa demo`` and the cross-process tests. Lives in ``nodes/`` because it imports rclpy."""
+``wsa demo`` and the cross-process tests. Lives in ``ros/`` because it imports rclpy."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,8 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+from wsa_ros.runtime.stamps import stamp_ns
 
 
 MIN_ACTIONS = 0.25  # policy actions per sim step for an episode to count as the policy's
@@ -139,7 +141,7 @@ class Monitor:
         return int(seq) if seq else None
 
     def _on_record(self, msg, info):
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg.header.stamp)
         self.records.append((stamp, msg.header.frame_id, self._seq(info)))
         if self.first_action_wall is None:
             self.first_action_wall = self.now()

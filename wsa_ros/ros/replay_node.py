@@ -24,6 +24,7 @@ import sys
 import time
 
 from wsa_ros.runtime.bags import BagError, iter_messages
+from wsa_ros.runtime.stamps import split_ns
 from wsa_ros.tools.replay import (EXIT_BAG, EXIT_INTERRUPTED, EXIT_NO_SUBSCRIBERS, EXIT_OK, EXIT_USAGE, Plan,
                                   ReplayError, build_parser, list_messages, make_plan, parse_remaps)
 
@@ -117,7 +118,7 @@ def run(args, plan: Plan, ros_args: list[str] | None = None) -> int:
 
         def publish_clock(t_ns: int):
             m = clock_cls()
-            m.clock.sec, m.clock.nanosec = int(t_ns // 1_000_000_000), int(t_ns % 1_000_000_000)
+            m.clock.sec, m.clock.nanosec = split_ns(t_ns)
             clock_pub.publish(m)
 
         t_start = time.monotonic()

@@ -307,8 +307,11 @@ class AgentCore:
         eng = self.engine  # one policy per tick, whatever a swap does meanwhile
         measured = self.measured()
         d = self.sup.update(now, self.input_stamps(), measured)
-        if d.changed:
-            (self.log.error if d.state == State.TRIPPED else self.log.info)(f"state -> {d.state.value}: {d.reason}")
+        if d.changed:  # one call site per severity: rclpy's logger refuses two severities at one line
+            if d.state == State.TRIPPED:
+                self.log.error(f"state -> {d.state.value}: {d.reason}")
+            else:
+                self.log.info(f"state -> {d.state.value}: {d.reason}")
         if not d.act:
             if d.stop is not None and timer:
                 with self._out_lock:

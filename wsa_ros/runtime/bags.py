@@ -460,7 +460,7 @@ def make_joint_trajectory(stamp_ns: int, joint_names: Sequence[str], positions=(
     f = lambda v: np.asarray(v, dtype=np.float64).reshape(-1)  # noqa: E731
     pt = P(
         positions=f(positions), velocities=f(velocities), accelerations=f(()), effort=f(()),
-        time_from_start=Dur(sec=int(time_from_start_ns // 1_000_000_000), nanosec=int(time_from_start_ns % 1_000_000_000)),
+        time_from_start=Dur(**dict(zip(("sec", "nanosec"), split_ns(time_from_start_ns)))),
     )
     return ts["trajectory_msgs/msg/JointTrajectory"](header=make_header(stamp_ns), joint_names=list(joint_names), points=[pt])
 

@@ -104,7 +104,6 @@ class EvalResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     command_topic: str | None = None
-    bag_start_ns: int = 0
 
 
 def camera_map(bundle, camera_topics: list[str]) -> dict[str, str]:
@@ -150,7 +149,7 @@ def evaluate(bag, engine, camera_topics: list[str], joint_topic: str | None, com
     info, cams, cmd_topic = check_inputs(bag, b, camera_topics, joint_topic, command_topic)
 
     res = EvalResult(Path(bag), b.name, b.version, engine.provider, trigger, list(b.action.joint_names),
-                     [e.name for e in b.feature_encoders], command_topic=cmd_topic, bag_start_ns=info.start_ns)
+                     [e.name for e in b.feature_encoders], command_topic=cmd_topic)
     cmd_times: list[int] = []
     cmds: list[np.ndarray] = []
     bad_cmds = 0

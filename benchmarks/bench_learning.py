@@ -16,7 +16,8 @@ What runs, per method and seed (everything identical across methods except the h
   mean), every ``--eval-every`` env steps and at the end. Success = fingertip within 2 cm of the
   target at the last step of the episode (``success``); ``success_any`` = at any step.
 * **Observations**: the frozen encoders of the bundle (``--bundle``, default ``models/default``:
-  ``ae`` [64,16,16] feature+context, ``idm`` [64], ``kp`` [8,2]) run once per env step through
+  ``ae`` [64] context, ``kp`` [16,2], ``pose`` [4]; the recorded runs in ``docs/learning-benchmark``
+  used the bundle of their time: ``ae`` [64,16,16] feature+context, ``idm`` [64], ``kp`` [8,2]) run once per env step through
   ONNX Runtime (``Engine.embed``); the e2e baseline gets the frame itself as a float [3,H,W] in
   [0,1] (what ``wsa_ros.model.encoders.Pixels`` outputs) and trains a Nature CNN on it.
   Proprioception (joint positions and velocities, the bundle's normalisation) for every method.
@@ -28,7 +29,7 @@ What runs, per method and seed (everything identical across methods except the h
   then best final return, wins; or ``single:NAME`` for a given one, or ``singles`` for all of
   them as separate rows), ``e2e``.
 * **Learner**: the project's SAC/RLPD learner (``wsa_ros.learn.sac.SACLearner``) and replay
-  (``Replay``: torchrl buffers, online + demonstrations, 50/50 batches when there are demos),
+  (``wsa_ros.learn.replay.Replay``: online + demonstrations, 50/50 batches when there are demos),
   ``--utd`` updates per env step after ``--learning-starts`` steps, batch ``--batch``,
   ``--demo-bc-weight`` (behaviour cloning on the batch's demonstration rows; 0 = RLPD only).
   Demonstrations (``--demo-episodes`` episodes of the scripted expert with Gaussian action noise
@@ -326,7 +327,8 @@ def run_one(method: str, seed: int, cfg: dict) -> dict:
     import torch
 
     from wsa_ros.config import SACConfig, from_dict
-    from wsa_ros.learn.sac import Replay, SACLearner
+    from wsa_ros.learn.replay import Replay
+    from wsa_ros.learn.sac import SACLearner
     from wsa_ros.learn.transitions import TransitionSpec
     from wsa_ros.runtime.bundle import load_bundle
     from wsa_ros.sim.reacher import ReacherSim

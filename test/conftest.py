@@ -96,3 +96,42 @@ def make_bundle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bundle(make_bundle) -> Path:
     return make_bundle(name="tiny", version="1")
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                out.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """A test that starts nodes must stop them: a node left running would keep publishing on its
+    domain and load the machine for every later test. Its leftovers are killed and the test errors."""
+    import os
+    import signal
+    import time
+
+    before = {p for p, _ in _children(os.getpid())}
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = [(p, c) for p, c in _children(os.getpid()) if p not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for p, _ in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"the test left processes running: {left}"

@@ -166,7 +166,7 @@ def _demo_run(tmp_path, tiny_bundle, domain: int, *extra):
     out = tmp_path / "demo"
     args = ["--bundle", str(tiny_bundle), "--episodes", "3", "--out", str(out), "--domain-id", str(domain),
             "--eval-episodes", "2", "--param", "sim.max_episode_steps=30", "--param", "agent.providers=[cpu]",
-            "--param", "finetune.learner.warmup_transitions=1000000", *extra]
+            "--param", "finetune.learner.warmup_transitions=1000000", "--bc-steps", "20", *extra]
     r = _demo(args, tmp_path)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     return r, out, json.loads((out / "summary.json").read_text())
@@ -203,6 +203,10 @@ def test_demo_fresh_start_end_to_end_writes_plots_and_summary(tmp_path, tiny_bun
     assert f"demo_dir:={store}" in info["commands"]["finetune_node"]
     for node in ("agent_node", "finetune_node"):
         assert "config/demo_fresh.yaml" in info["commands"][node]
+    bc = info["offline_check"]["bc"]  # the baseline, on the same held-out episodes as the start
+    assert bc["version"] == "0+bc20" and bc["episodes"] == 2 and len(bc["per_episode_success"]) == 2
+    header = (out / "episodes.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "learner_updates"
 
 
 def test_demo_shipped_start_fine_tunes_the_bundles_own_policy(tmp_path, tiny_bundle):
@@ -213,6 +217,7 @@ def test_demo_shipped_start_fine_tunes_the_bundles_own_policy(tmp_path, tiny_bun
     _check_demo_outputs(r, out, info, "1")
     assert info["start"] == "shipped" and not info["fresh_start"]
     assert not (out / "demonstrations").exists() and "demo_dir" not in info["commands"]["finetune_node"]
+    assert "bc" not in info["offline_check"]  # behaviour cloning is the fresh start's baseline
     for node in ("agent_node", "finetune_node"):
         assert "config/demo_shipped.yaml" in info["commands"][node]
 

@@ -189,8 +189,16 @@ class SimTimeAgent:
         self.records: list = []
         self.diag: dict = {}
         self.log = ""
+        self.ctx = self.ex = None
 
     def __enter__(self):
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # never leave the agent process behind
+            raise
+
+    def _start(self):
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import JointState
 
@@ -234,9 +242,11 @@ class SimTimeAgent:
         self._log.seek(0)
         self.log = self._log.read()
         self._log.close()
-        self.ex.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
+        if getattr(self, "ex", None) is not None:
+            self.ex.shutdown()
+            self.node.destroy_node()
+        if getattr(self, "ctx", None) is not None and self.ctx.ok():
+            rclpy.shutdown(context=self.ctx)
 
 
 def _stamp(rec) -> int:

@@ -30,7 +30,11 @@ def test_quick_run_writes_finite_curves_table_and_plots(tmp_path):
     assert bench.main(argv) == 0
     args = bench.parse_args(argv)
     d = args.d  # the quick head width
-    k = 3  # feature encoders of models/default: ae, idm, kp
+    from wsa_ros.runtime.bundle import load_bundle
+
+    names = [e.name for e in load_bundle(ROOT / "models" / "default").feature_encoders]  # kp, pose
+    k = len(names)
+    assert k >= 2
 
     for name in ("curves.csv", "runs.csv", "alpha_trace.csv", "results.md", "results.json",
                  "success_vs_steps.png", "alpha_episode.png"):
@@ -47,11 +51,11 @@ def test_quick_run_writes_finite_curves_table_and_plots(tmp_path):
                 assert math.isfinite(float(r[key])), (m, key, r[key])
             assert 0.0 <= float(r["success"]) <= 1.0
             assert float(r["return"]) < 0.0  # reward is -distance - effort: always negative
-            alphas = [float(r[f"alpha_{n}"]) for n in ("ae", "idm", "kp")]
+            alphas = [float(r[f"alpha_{n}"]) for n in names]
             assert abs(sum(alphas) - 1.0) < 1e-4, (m, alphas)
         assert int(rows[-1]["updates"]) == args.steps - args.learning_starts + 1
     concat_final = [r for r in curves if r["method"] == "concat"][-1]
-    assert all(abs(float(concat_final[f"alpha_{n}"]) - 1 / 3) < 1e-6 for n in ("ae", "idm", "kp"))
+    assert all(abs(float(concat_final[f"alpha_{n}"]) - 1 / k) < 1e-6 for n in names)
 
     # per-run summary: finite timings and parameter counts that match the two architectures
     runs = {r["method"]: r for r in _rows(out / "runs.csv")}
@@ -82,7 +86,7 @@ def test_quick_run_writes_finite_curves_table_and_plots(tmp_path):
     assert {r["phase"] for r in trace} == {"initial", "final"}
     assert sum(r["phase"] == "final" for r in trace) == args.episode_steps
     for r in trace:
-        assert abs(sum(float(r[f"alpha_{n}"]) for n in ("ae", "idm", "kp")) - 1.0) < 1e-4
+        assert abs(sum(float(r[f"alpha_{n}"]) for n in names) - 1.0) < 1e-4
 
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "python benchmarks/bench_learning.py --quick --methods wsa,concat" in md

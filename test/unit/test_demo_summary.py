@@ -50,7 +50,8 @@ def test_fresh_start_records_a_demonstration_bag_imports_it_and_exports_an_untra
 
     base = load_bundle(tiny_bundle)
     lines: list[str] = []
-    info = prepare_fresh_start(base, tmp_path / "demo", seed=3, episodes=2, steps=5, image_size=48, say=lines.append)
+    info = prepare_fresh_start(base, tmp_path / "demo", seed=3, episodes=2, steps=5, image_size=48, bc_steps=20,
+                               say=lines.append)
     bag = Path(info["bag"]["path"])
     topics = summary(bag).topics
     assert {EPISODE_END_TOPIC, SUCCESS_TOPIC} <= set(topics)
@@ -71,3 +72,42 @@ def test_fresh_start_records_a_demonstration_bag_imports_it_and_exports_an_untra
     assert [e.sha256 for e in start.encoders] == [e.sha256 for e in base.encoders]
     new, old = load_policy_module(start).state_dict(), load_policy_module(base).state_dict()
     assert new.keys() == old.keys() and any(not torch.equal(new[k], old[k]) for k in new)
+
+    # the baseline: the same start head, behaviour-cloned on those demonstrations by `wsa import-demos --bc-steps`
+    bc = load_bundle(info["bc_bundle"])
+    assert bc.version == "0+bc20" and [e.sha256 for e in bc.encoders] == [e.sha256 for e in base.encoders]
+    bcw = load_policy_module(bc).state_dict()
+    actor = [k for k in bcw if k.startswith("actor")]
+    assert actor and any(not torch.equal(bcw[k], new[k]) for k in actor)
+    critic = [k for k in bcw if k.startswith(("q1", "q2"))]
+    assert critic and all(torch.equal(bcw[k], new[k]) for k in critic)  # BC leaves the critic alone
+
+
+def test_paired_difference_and_its_interval():
+    """final - bc over the same episodes: the mean of the per-episode differences and its 95 %
+    interval (1.96 standard errors); unequal episode lists are refused."""
+    import math
+
+    import pytest
+
+    from wsa_ros.tools.demo import offline_lines, paired_difference
+
+    final = [1] * 45 + [0] * 5
+    bc = [1] * 20 + [0] * 30
+    d = paired_difference(final, bc)
+    diffs = [f - b for f, b in zip(final, bc)]
+    m = sum(diffs) / 50
+    sd = math.sqrt(sum((x - m) ** 2 for x in diffs) / 49)
+    assert d["mean"] == pytest.approx(0.5) and d["episodes"] == 50
+    assert d["ci95"] == pytest.approx([m - 1.96 * sd / math.sqrt(50), m + 1.96 * sd / math.sqrt(50)])
+    assert d["above_zero"] and d["wins"] == 25 and d["losses"] == 0
+    same = paired_difference(bc, bc)
+    assert same["mean"] == 0 and not same["above_zero"]
+    with pytest.raises(ValueError, match="same episodes"):
+        paired_difference(final, bc[:-1])
+    oc = {"start": {"version": "0", "episodes": 50, "success_final": 0.0},
+          "bc": {"version": "0+bc20", "success_final": 0.4}, "final": {"version": "0+ft3", "success_final": 0.9},
+          "final_minus_bc": d, "final_minus_start": paired_difference(final, [0] * 50)}
+    text = "\n".join(offline_lines(oc))
+    assert "behaviour cloning on the same demonstrations (v0+bc20) 0.40" in text and "final policy v0+ft3 0.90" in text
+    assert "final minus behaviour cloning: +0.50" in text and "better, beyond the interval" in text

@@ -255,8 +255,13 @@ def test_build_default_tiny_produces_a_valid_bundle(tmp_path):
     out = tmp_path / "default"
     assert main(["--tiny", "--quiet", "--threads", "1", "--eval-episodes", "1", "--out", str(out)]) == 0
     b = load_bundle(out)
-    assert b.fusion == "wsa" and b.context_encoder.name == "ae" and b.context_encoder.role == "both"
-    assert [e.name for e in b.feature_encoders] == ["ae", "idm", "kp"]
+    # the default encoders: the autoencoder as WSA's context only, keypoints and the pose encoder fused
+    assert b.fusion == "wsa" and b.context_encoder.name == "ae" and b.context_encoder.role == "context"
+    assert [e.name for e in b.feature_encoders] == ["idm", "kp", "pose"]  # --tiny also runs the optional idm
+    assert b.head["critic_norm"] is True
+    probe = {k: v for k, v in b.recipe["target_probe"].items() if k != "what"}
+    assert set(probe) == {"ae", "idm", "kp", "pose", "all"}
+    assert all(np.isfinite(v["mean_m"]) and v["median_m"] <= v["p90_m"] for v in probe.values())
     assert b.action.mode == "velocity" and b.action.joint_names == ["joint0", "joint1"]
     assert b.proprio.fields == ["position", "velocity"] and all(s > 0 for s in b.proprio.std)
     r = b.recipe

@@ -260,3 +260,23 @@ def test_keypoint_spatial_adapter_reads_out_positions():
     # the whole head still trains / exports through the same interface
     a, alpha = p.deterministic_action(_embs(), _proprio())
     assert a.shape == (4, 2) and torch.allclose(alpha.sum(-1), torch.ones(4))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_twin_critics_run_batched_with_the_numbers_of_the_two_separate_critics(norm):
+    """``critic_from_state`` stacks q1 and q2 into one batched product per layer (and, with
+    ``critic_norm``, one layer norm with each twin's own scale and shift)."""
+    p = _policy(critic_hidden=[32, 24], critic_norm=norm)
+    lns = [m for m in [*p.q1, *p.q2] if isinstance(m, torch.nn.LayerNorm)]
+    assert len(lns) == (4 if norm else 0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in lns:  # away from the identity initialisation, different per twin
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+    state, action = torch.randn(6, p.state_dim, generator=g), torch.rand(6, 2, generator=g) * 2 - 1
+    q1, q2 = p.critic_from_state(state, action)
+    x = torch.cat([state, action], -1)
+    torch.testing.assert_close(q1, p.q1(x).squeeze(-1))
+    torch.testing.assert_close(q2, p.q2(x).squeeze(-1))
+    assert not torch.allclose(q1, q2)

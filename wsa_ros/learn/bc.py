@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from wsa_ros.model.wsa import FusionPolicy
-from wsa_ros.learn.sac import Replay, _embs
+from wsa_ros.learn.replay import Replay
+from wsa_ros.learn.sac import _embs
 
 
 def behaviour_clone(policy: FusionPolicy, replay: Replay, steps: int, batch_size: int = 256, lr: float = 3e-4,
@@ -41,10 +42,10 @@ def behaviour_clone(policy: FusionPolicy, replay: Replay, steps: int, batch_size
     t0 = time.perf_counter()
     for step in range(int(steps)):
         batch = replay.demos.sample(batch_size).to(dev)
-        obs = batch["obs"]
+        obs = batch.obs
         pr = (obs["proprio"] - mean) / std if p else None
         a, _alpha = policy.deterministic_action(_embs(obs), pr)
-        loss = F.mse_loss(a, batch["action"])
+        loss = F.mse_loss(a, batch.action)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

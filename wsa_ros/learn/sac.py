@@ -2,8 +2,9 @@
 
 Read it top to bottom like a CleanRL file: the hyper-parameters are one dataclass,
 :class:`wsa_ros.config.SACConfig` (the node's ``learner.*`` parameters, with their help
-texts and ranges: one set for the node, the demo, the benchmarks and the tests), then the
-replay (:class:`Replay`: two torchrl replay buffers, online and demonstrations), then one
+texts and ranges: one set for the node, the demo, the benchmarks and the tests), the replay
+(:class:`wsa_ros.learn.replay.Replay`: online and demonstration buffers, each observation
+stored once, embeddings in float16; why not torchrl's buffers is said there), then one
 :meth:`SACLearner.update` holding the whole algorithm. The training run around it
 (checkpoints, logs, the update-to-data budget) is :mod:`wsa_ros.learn.trainer`.
 
@@ -32,8 +33,6 @@ wrapped as tensordict modules, twin Q through vmap). It is correct but its fixed
 update (vmap, tensordict plumbing, distribution objects) measured 2.5-3x that of this plain
 version on the 2-core machine, with a throughput target of 500 updates/s; and it keeps the
 twin critics in stacked copies that must be copied back into the module for every export.
-torchrl does provide the replay storage (``TensorDictReplayBuffer`` over
-``LazyTensorStorage``), where it fits well.
 
 RLPD (Ball et al. 2023): each batch is ``demo_ratio`` demonstrations (the demo store plus
 every online step a human took over) and the rest online data. One thread adds and samples
@@ -48,96 +47,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tensordict import TensorDict
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-
 from wsa_ros.config import SACConfig
-from wsa_ros.learn.transitions import TransitionSpec
+from wsa_ros.learn.replay import Batch, Replay  # noqa: F401  (Replay: the learner's replay, re-exported)
 from wsa_ros.model.wsa import FusionPolicy
 
 
 # =============================================================================== replay
-def records_to_td(rec: dict[str, np.ndarray], spec: TransitionSpec) -> TensorDict:
-    """Flat store arrays (batch first) -> the nested TensorDict the learner samples."""
-    n = len(rec["reward"])
-
-    def obs(prefix: str) -> dict:
-        d = {name: torch.as_tensor(np.ascontiguousarray(rec[f"{prefix}.{name}"]), dtype=torch.float32)
-             for name, _ in spec.encoders}
-        if spec.proprio_dim:
-            d["proprio"] = torch.as_tensor(np.ascontiguousarray(rec[f"{prefix}.proprio"]), dtype=torch.float32)
-        return d
-
-    col = lambda k, dt: torch.as_tensor(np.ascontiguousarray(rec[k])).to(dt).reshape(n, 1)  # noqa: E731
-    terminated = col("terminated", torch.bool)
-    truncated = col("truncated", torch.bool)
-    return TensorDict({
-        "obs": obs("obs"),
-        "action": torch.as_tensor(np.ascontiguousarray(rec["action"]), dtype=torch.float32),
-        "intervention": col("intervention", torch.bool),
-        "next": {"obs": obs("next"), "reward": col("reward", torch.float32), "terminated": terminated,
-                 "truncated": truncated, "done": terminated | truncated},
-    }, batch_size=[n])
+# wsa_ros.learn.replay: online + demonstration buffers, each observation stored once, float16
 
 
-class Replay:
-    """Online + demonstration buffers (torchrl) and a small held-out set of observations for
-    validating exported policies. ``add`` and ``sample`` from one thread only."""
-
-    def __init__(self, spec: TransitionSpec, capacity: int, demo_capacity: int | None = None,
-                 holdout_every: int = 50, holdout_size: int = 512):
-        self.spec = spec
-        self.online = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity))
-        self.demos = TensorDictReplayBuffer(storage=LazyTensorStorage(demo_capacity or capacity))
-        self.holdout_every = int(holdout_every)
-        self.holdout_size = int(holdout_size)
-        self.holdout: TensorDict | None = None
-        self._seen = 0
-
-    def __len__(self) -> int:
-        return len(self.online)
-
-    def add(self, rec: dict[str, np.ndarray], demo: bool = False) -> None:
-        """Add flat records (batch first). Online steps a human took over also go to the
-        demonstration buffer (HIL-SERL); every ``holdout_every``-th online observation is
-        also kept aside (not trained on) for validation."""
-        if len(rec["reward"]) == 0:
-            return
-        td = records_to_td(rec, self.spec)
-        if demo:
-            self.demos.extend(td)
-            return
-        if self.holdout_every > 0:
-            idx = np.arange(self._seen, self._seen + len(td))
-            held = torch.as_tensor(idx % self.holdout_every == 0)
-            self._seen += len(td)
-            if held.any():
-                ho = td[held]["obs"]
-                self.holdout = ho if self.holdout is None else torch.cat([self.holdout, ho])[-self.holdout_size:]
-                td = td[~held]
-            if len(td) == 0:
-                return
-        self.online.extend(td)
-        iv = td["intervention"].reshape(-1)
-        if iv.any():
-            self.demos.extend(td[iv])
-
-    def sample(self, batch_size: int, demo_ratio: float) -> TensorDict:
-        n_demo = int(round(batch_size * demo_ratio)) if len(self.demos) else 0
-        if len(self.online) == 0:
-            n_demo = batch_size
-        parts = []
-        for buf, n, is_demo in ((self.online, batch_size - n_demo, False), (self.demos, n_demo, True)):
-            if n:
-                part = buf.sample(n)
-                part = part.exclude("index") if "index" in part.keys() else part
-                part["demo"] = torch.full((n, 1), is_demo)
-                parts.append(part)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _embs(td_obs) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in td_obs.items() if k != "proprio"}
+def _embs(obs: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in obs.items() if k != "proprio"}
 
 
 def _action_gap(a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -169,7 +89,7 @@ class SACLearner:
         fused = self.device.type in ("cpu", "cuda")
         self.critic_opt = torch.optim.Adam(self.critic_params, lr=cfg.lr, fused=fused)
         self.actor_opt = torch.optim.Adam(self.actor_params, lr=cfg.lr, fused=fused)
-        self.temp_opt = torch.optim.Adam([self.log_temp], lr=cfg.lr)
+        self.temp_opt = torch.optim.Adam([self.log_temp], lr=cfg.lr, fused=fused)
         self._online = self.policy.fusion_parameters() + self.policy.critic_parameters()
         self._target = self.target.fusion_parameters() + self.target.critic_parameters()
         self.prior = None
@@ -177,86 +97,94 @@ class SACLearner:
             self.prior = copy.deepcopy(self.policy).requires_grad_(False)
         self.updates = 0
 
-    def proprio(self, td_obs) -> torch.Tensor | None:
+    def proprio(self, obs: dict) -> torch.Tensor | None:
         if not self.policy.proprio_dim:
             return None
-        return (td_obs["proprio"] - self.p_mean) / self.p_std
+        return (obs["proprio"] - self.p_mean) / self.p_std
 
     def _step(self, opt, params, loss) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
         opt.step()
 
     # ------------------------------------------------------------------ the update
-    def update(self, batch: TensorDict) -> dict[str, float]:
+    def update(self, batch: Batch, metrics: bool = True) -> dict[str, float]:
+        """One update on ``batch``; ``metrics=False`` skips reading the losses back (the
+        trainer asks for them only on the updates it logs)."""
         pol, tgt, cfg = self.policy, self.target, self.cfg
-        batch = batch.to(self.device)
-        obs, nxt = batch["obs"], batch["next"]
-        action = batch["action"]
-        reward = nxt["reward"].reshape(-1)
-        not_term = 1.0 - nxt["terminated"].reshape(-1).float()
+        if self.device.type != "cpu":
+            batch = batch.to(self.device)
+        obs, nxt, action = batch.obs, batch.next_obs, batch.action
         temp = self.log_temp.detach().exp()
 
         # ---- critic (the fusion trunk learns here, after the critic warm-up)
         warmup = self.updates < cfg.critic_warmup
         with torch.no_grad():
-            next_state, _ = tgt.features(_embs(nxt["obs"]), self.proprio(nxt["obs"]))
-            mean, log_std = pol.actor_from_state(next_state)
-            next_a, next_logp = pol.squash(mean, log_std)
+            next_state, _ = tgt.features(_embs(nxt), self.proprio(nxt), check=False)
+            next_a, next_logp = pol.squash(*pol.actor_from_state(next_state))
             q1_t, q2_t = tgt.critic_from_state(next_state, next_a)
-            y = reward + cfg.discount * not_term * (torch.min(q1_t, q2_t) - temp * next_logp)
+            y = batch.reward + cfg.discount * (~batch.terminated) * (torch.min(q1_t, q2_t) - temp * next_logp)
         with torch.set_grad_enabled(not warmup):
-            state, alpha_w = pol.features(_embs(obs), self.proprio(obs))
+            state, alpha_w = pol.features(_embs(obs), self.proprio(obs), check=False)
         q1, q2 = pol.critic_from_state(state, action)
         loss_critic = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        out = {"loss_critic": loss_critic.item(), "q": q1.detach().mean().item(), "target_q": y.mean().item()}
         demo_rows = None
-        if cfg.demo_bc_weight > 0 and not warmup and "demo" in batch.keys():
-            demo_rows = batch["demo"].reshape(-1)
-            if demo_rows.any():
-                # behaviour cloning on the demonstrations shapes the trunk too (the actor's own
-                # gradient never reaches it): the trunk's optimizer takes w * BC with the TD loss
-                bc_trunk = _action_gap(torch.tanh(pol.actor_from_state(state[demo_rows])[0]), action[demo_rows])
-                loss_critic = loss_critic + cfg.demo_bc_weight * bc_trunk
-            else:
-                demo_rows = None
+        if cfg.demo_bc_weight > 0 and not warmup and bool(batch.demo.any()):
+            demo_rows = batch.demo
+            # behaviour cloning on the demonstrations shapes the trunk too (the actor's own
+            # gradient never reaches it): the trunk's optimizer takes w * BC with the TD loss
+            bc_trunk = _action_gap(torch.tanh(pol.actor_from_state(state[demo_rows])[0]), action[demo_rows])
+            loss_critic = loss_critic + cfg.demo_bc_weight * bc_trunk
         self._step(self.critic_opt, self.critic_params, loss_critic)
+        out: dict[str, float] = {}
 
         # ---- actor and temperature (trunk output detached; only actor weights get gradients)
-        if not warmup and self.updates % cfg.actor_every == 0:
+        actor_step = not warmup and self.updates % cfg.actor_every == 0
+        if actor_step:
             s = state.detach()
             mean, log_std = pol.actor_from_state(s)
             a_pi, logp = pol.squash(mean, log_std)
             q_pi = torch.min(*pol.critic_from_state(s, a_pi))
             loss_actor = (temp * logp - q_pi).mean()
+            prior_gap = bc = None
             if self.prior is not None:
                 with torch.no_grad():
                     a0 = torch.tanh(self.prior.actor(_embs(obs), self.proprio(obs))[0])
                 prior_gap = _action_gap(torch.tanh(mean), a0)
                 loss_actor = loss_actor + cfg.prior_weight * prior_gap
-                out["prior_gap"] = prior_gap.item()
             if demo_rows is not None:
                 bc = _action_gap(torch.tanh(mean[demo_rows]), action[demo_rows])
                 loss_actor = loss_actor + cfg.demo_bc_weight * bc
-                out["demo_bc"] = bc.item()
             grads = torch.autograd.grad(loss_actor, self.actor_params)
             for p_, g in zip(self.actor_params, grads):
                 p_.grad = g
             if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.actor_params, cfg.grad_clip)
+                nn.utils.clip_grad_norm_(self.actor_params, cfg.grad_clip, foreach=True)
             self.actor_opt.step()
-            loss_temp = -(self.log_temp * (logp.detach() + self.target_entropy)).mean()
-            self._step(self.temp_opt, [self.log_temp], loss_temp)
-            out.update(loss_actor=loss_actor.item(), loss_temperature=loss_temp.item(),
-                       entropy=-logp.detach().mean().item())
+            # temperature: loss -(log T * (logp + target)).mean(), whose gradient is written directly
+            # (one scalar: an autograd pass for it cost a fifth of the actor step)
+            mean_logp = logp.detach().mean()
+            self.log_temp.grad = -(mean_logp + self.target_entropy).reshape(())
+            self.temp_opt.step()
 
         # ---- Polyak averaging of the target trunk and critics
         with torch.no_grad():
             torch._foreach_lerp_(self._target, self._online, cfg.tau)
         self.updates += 1
-        out["temperature"] = float(temp)
+        if not metrics:
+            return out
+        out.update(loss_critic=loss_critic.item(), q=q1.detach().mean().item(), target_q=y.mean().item(),
+                   temperature=float(temp))
+        if actor_step:
+            out.update(loss_actor=loss_actor.item(),
+                       loss_temperature=float(-(self.log_temp.detach() * (mean_logp + self.target_entropy))),
+                       entropy=-mean_logp.item())
+            if prior_gap is not None:
+                out["prior_gap"] = prior_gap.item()
+            if bc is not None:
+                out["demo_bc"] = bc.item()
         aw = alpha_w.detach()
         out["wsa_alpha_entropy"] = float(-(aw.clamp_min(1e-8).log() * aw).sum(-1).mean())
         for name, v in zip(pol.feature_names, aw.mean(0).tolist()):

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from wsa_ros.config import FinetuneConfig
-from wsa_ros.learn.sac import Replay, SACLearner
+from wsa_ros.learn.replay import Replay
+from wsa_ros.learn.sac import SACLearner
 from wsa_ros.learn.transitions import TransitionSpec
 from wsa_ros.model.export import load_policy_module
 from wsa_ros.model.wsa import FusionPolicy
@@ -121,10 +122,12 @@ class Trainer:
 
     def step(self) -> dict:
         batch = self.replay.sample(self.sac.batch_size, self.sac.demo_ratio)
-        m = self.learner.update(batch)
-        self.last_metrics = m
+        log_now = (self.learner.updates + 1) % self.cfg.log_every_updates == 0
+        m = self.learner.update(batch, metrics=log_now or not self.last_metrics)
+        if m:
+            self.last_metrics = m
         u = self.learner.updates
-        if u % self.cfg.log_every_updates == 0:
+        if log_now:
             now = time.monotonic()
             t0, u0 = self._rate_mark
             self.updates_per_s = (u - u0) / max(now - t0, 1e-9)
@@ -159,10 +162,8 @@ class Trainer:
         the demonstrations when no online observation has been held out yet."""
         ho = self.replay.holdout
         if ho is None and len(self.replay.demos):
-            ho = self.replay.demos.sample(min(256, len(self.replay.demos)))["obs"]
-        if ho is None:
-            return {}
-        return {k: v.detach().cpu().numpy() for k, v in ho.items()}
+            ho = {k: v.numpy() for k, v in self.replay.demos.observations(256).items()}
+        return ho or {}
 
     # ------------------------------------------------------------------ exports
     def snapshot(self) -> FusionPolicy:

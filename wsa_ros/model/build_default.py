@@ -5,14 +5,20 @@ Steps, all seeded:
    is what the policy must generalise over), starting from Reacher's pose, a random pose or
    near the target; a random-velocity walk of random length, then the noisy scripted expert
    (random motion and good behaviour, as the method's notes recommend);
-2. train the frozen encoders on those frames: the conv autoencoder ``ae`` (feature and
-   context, role ``both``), the inverse-dynamics encoder ``idm`` and the keypoint encoder
-   ``kp``; export them to ONNX;
-3. compute embeddings through ONNX Runtime and train the WSA head by behaviour cloning
+2. train the frozen encoders on those frames: the conv autoencoder ``ae`` (a flat 64-value
+   code; WSA's context only, role ``context``, as in the reference code), the keypoint encoder
+   ``kp`` (16 keypoints, unsupervised) and the pose encoder ``pose`` (the target's position and
+   the fingertip's position relative to it, regressed from the frame, supervised by the sim's
+   ground truth); optionally the
+   inverse-dynamics encoder ``idm`` (``--idm-steps``); export them to ONNX;
+3. probe them: a ridge probe from each embedding (and from all together) to the target's
+   position on held-out episodes (``model.probe.localisation``), in the manifest's
+   ``recipe.target_probe`` (the policy cannot be more precise than what its features see);
+4. compute embeddings through ONNX Runtime and train the WSA head by behaviour cloning
    (MSE between tanh(mean) and the expert's normalised joint velocities, labelled at every
    visited state), then ``--dagger-rounds`` rounds of DAgger (roll out the policy, label with
    the expert, retrain);
-4. export the bundle to ``--out`` and evaluate it through ONNX Runtime on held-out episodes
+5. export the bundle to ``--out`` and evaluate it through ONNX Runtime on held-out episodes
    (100 steps from Reacher's start pose) against the expert; the recipe (command
    line, seed, sizes, losses, success rates, mean alpha, timings) goes in the manifest.
 
@@ -56,9 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--episodes", type=int, default=400, help="short episodes collected for training (one target each)")
     ap.add_argument("--collect-steps", type=int, default=12, help="steps per collected episode")
     ap.add_argument("--max-steps", type=int, default=100, help="steps per DAgger/evaluation episode (0.02 s each)")
-    ap.add_argument("--ae-steps", type=int, default=600)
-    ap.add_argument("--idm-steps", type=int, default=150)
-    ap.add_argument("--kp-steps", type=int, default=1000, help="0 leaves the keypoint encoder out")
+    ap.add_argument("--ae-steps", type=int, default=1000)
+    ap.add_argument("--ae-latent", type=int, default=64,
+                    help="flat code size of the autoencoder; 0 keeps its 64x16x16 feature map (16x the "
+                         "learner's storage and ~10x its update cost) [%(default)s]")
+    ap.add_argument("--ae-role", default="context", choices=["context", "both"],
+                    help="context: the autoencoder only gives WSA's context C, as in the reference code; both: it "
+                         "is also a fused model (fused with kp and pose it slowed fine-tuning ~3x) [%(default)s]")
+    ap.add_argument("--idm-steps", type=int, default=0,
+                    help="steps of the inverse-dynamics encoder; 0 (default) leaves it out: it locates the target "
+                         "to only ~10 cm and, fused, slowed fine-tuning [%(default)s]")
+    ap.add_argument("--kp-steps", type=int, default=2500, help="0 leaves the keypoint encoder out")
+    ap.add_argument("--pose-steps", type=int, default=3000,
+                    help="steps of the pose encoder (target position and fingertip - target regressed from the frame, "
+                         "supervised by the sim's ground truth); 0 leaves it out [%(default)s]")
+    ap.add_argument("--kp-keypoints", type=int, default=16,
+                    help="keypoints of the keypoint encoder (8 localise the target to ~5 cm, 16 to ~2 mm) [%(default)s]")
     ap.add_argument("--batch", type=int, default=32, help="encoder training batch")
     ap.add_argument("--bc-steps", type=int, default=1500)
     ap.add_argument("--bc-batch", type=int, default=128)
@@ -70,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--d", type=int, default=64, help="WSA embedding size")
     ap.add_argument("--hidden", type=int, default=128, help="actor/critic hidden width (2 layers)")
+    ap.add_argument("--critic-norm", action=argparse.BooleanOptionalAction, default=True,
+                    help="layer-normed critics (RLPD; what fine-tuning trains) [%(default)s]")
     ap.add_argument("--fusion", default="wsa", choices=["wsa", "concat", "mean", "single"])
     ap.add_argument("--normalization", default="softmax", choices=["softmax", "relu"])
     ap.add_argument("--spatial-adapter", default="keypoints", choices=["keypoints", "conv"],
@@ -82,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-TINY = dict(image_size=48, episodes=10, collect_steps=10, max_steps=20, ae_steps=20, idm_steps=20, kp_steps=20,
+TINY = dict(image_size=48, episodes=10, collect_steps=10, max_steps=20, ae_steps=20, idm_steps=20, kp_steps=20, pose_steps=20,
             batch=16, bc_steps=100, dagger_rounds=1, dagger_episodes=1, dagger_steps=20, eval_episodes=2, d=32, hidden=64)
 
 
@@ -116,6 +137,20 @@ def collect(sim, episodes: int, rng: np.random.Generator) -> dict[str, np.ndarra
         "episode": np.asarray(ep_id),
         "target": np.asarray(tgt),
     }
+
+
+def pose_labels(data: dict) -> np.ndarray:
+    """The pose encoder's labels per frame: the target (x, y) in decimetres and the fingertip
+    relative to the target (x, y) in units of 5 cm (both of order 1), the fingertip by forward
+    kinematics of the frame's joint positions. The relative vector is zero at the goal: a policy
+    reading it needs no precise difference of two large positions to know where to stop."""
+    from wsa_ros.sim.reacher import LINK0, LINK1
+
+    q = np.stack([np.asarray(o["position"], np.float64) for o in data["joints"]])
+    tip = np.stack([LINK0 * np.cos(q[:, 0]) + LINK1 * np.cos(q[:, 0] + q[:, 1]),
+                    LINK0 * np.sin(q[:, 0]) + LINK1 * np.sin(q[:, 0] + q[:, 1])], axis=1)
+    target = np.asarray(data["target"], np.float64)[:, :2]
+    return np.concatenate([10.0 * target, 20.0 * (tip - target)], axis=1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- BC
@@ -227,8 +262,10 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
         train_autoencoder,
         train_inverse_dynamics,
         train_keypoints,
+        train_pose,
     )
     from wsa_ros.model.export import EncoderSource, export_bundle
+    from wsa_ros.model.probe import localisation
     from wsa_ros.model.wsa import FusionPolicy, make_head_config
     from wsa_ros.sim.reacher import ACTION_HIGH, ACTION_LOW, JOINT_NAMES, SUCCESS_RADIUS, TARGET_MARKER_RADIUS, ReacherSim
     from wsa_ros.sim.rollout import sim_proprio
@@ -251,21 +288,34 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
 
     # 2. encoders
     t = time.time()
-    ae, ae_stats = train_autoencoder(data["frames"], steps=args.ae_steps, batch=args.batch, lr=args.lr, seed=args.seed, log=log)
-    idm, idm_stats = train_inverse_dynamics(
-        data["frames"], data["next"], data["action"], steps=args.idm_steps, batch=args.batch, lr=args.lr, seed=args.seed + 1, log=log
-    )
+    ae, ae_stats = train_autoencoder(data["frames"], steps=args.ae_steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                                     latent=args.ae_latent, log=log)
+    idm = idm_stats = None
+    if args.idm_steps > 0:
+        idm, idm_stats = train_inverse_dynamics(
+            data["frames"], data["next"], data["action"], steps=args.idm_steps, batch=args.batch, lr=args.lr,
+            seed=args.seed + 1, log=log)
     kp = kp_stats = None
     if args.kp_steps > 0:
-        kp, kp_stats = train_keypoints(data["frames"], steps=args.kp_steps, batch=args.batch, lr=args.lr, seed=args.seed + 2, log=log)
+        kp, kp_stats = train_keypoints(data["frames"], steps=args.kp_steps, batch=args.batch, lr=args.lr, seed=args.seed + 2,
+                                       keypoints=args.kp_keypoints, log=log)
+    pose = pose_stats = None
+    if args.pose_steps > 0:
+        pose, pose_stats = train_pose(data["frames"], pose_labels(data), keypoints=args.kp_keypoints,
+                                      steps=args.pose_steps, batch=args.batch, lr=args.lr, seed=args.seed + 3, log=log)
     timings["encoders_s"] = round(time.time() - t, 1)
 
     inp = InputSpec(height=size, width=size)
     work = Path(tempfile.mkdtemp(prefix="wsa-build-"))
-    enc_list = [("ae", ae.encoder, "both", f"conv autoencoder (weighted MSE), {args.ae_steps} steps on {n} Reacher frames")]
-    enc_list.append(("idm", idm.encoder, "feature", f"inverse dynamics (o_t, o_t+1 -> a_t), {args.idm_steps} steps"))
+    code = f"flat code {args.ae_latent}" if args.ae_latent > 0 else "feature map"
+    enc_list = [("ae", ae.encoder, args.ae_role, f"conv autoencoder (weighted MSE, {code}), {args.ae_steps} steps on {n} Reacher frames")]
+    if idm is not None:
+        enc_list.append(("idm", idm.encoder, "feature", f"inverse dynamics (o_t, o_t+1 -> a_t), {args.idm_steps} steps"))
     if kp is not None:
         enc_list.append(("kp", kp.encoder, "feature", f"deep spatial autoencoder, {kp_stats['keypoints']} keypoints, {args.kp_steps} steps"))
+    if pose is not None:
+        enc_list.append(("pose", pose, "feature", f"pose regression (target x, y in dm and fingertip - target in 5 cm; supervised by "
+                                                  f"the sim's ground truth), {args.pose_steps} steps"))
     specs, sessions, sources = [], {}, []
     for name, net, role, source in enc_list:
         path = work / f"{name}.onnx"
@@ -277,6 +327,9 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
     t = time.time()
     embs_np = {s.name: onnx_embed(sessions[s.name], data["frames"], inp) for s in specs}
     timings["embed_s"] = round(time.time() - t, 1)
+    probe = localisation(embs_np, data["target"], data["episode"], seed=args.seed)
+    log("target localisation (ridge probe, held-out episodes): "
+        + ", ".join(f"{k} {v['mean_m'] * 1000:.1f} mm" for k, v in probe.items()))
 
     # proprio normalisation from the collected states, read by the agent's rule (observation.build_proprio)
     layout = ProprioSpec(list(JOINT_NAMES), ["position", "velocity"], [0.0] * 4, [1.0] * 4)
@@ -299,6 +352,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
         critic_hidden=[args.hidden, args.hidden],
         spatial_adapter=args.spatial_adapter,
         context_adapter=args.context_adapter,
+        critic_norm=args.critic_norm,
     )
     policy = FusionPolicy.from_config(head_cfg)
     E = {k: torch.from_numpy(v) for k, v in embs_np.items()}
@@ -331,7 +385,11 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
         "episodes": args.episodes,
         "collect_steps": args.collect_steps,
         "eval_steps": args.max_steps,
-        "encoders": {"ae": ae_stats, "idm": idm_stats, **({"kp": kp_stats} if kp_stats else {})},
+        "encoders": {"ae": ae_stats, **({"idm": idm_stats} if idm_stats else {}), **({"kp": kp_stats} if kp_stats else {}),
+                     **({"pose": pose_stats} if pose_stats else {})},
+        "target_probe": {"what": "mean/median/90th-percentile error (m) of a ridge probe from the embedding to the "
+                                 "target's xy, on the collected frames of 20% held-out episodes ('all': every "
+                                 "encoder's embedding together)", **probe},
         "bc": bc_stats,
         "dagger": dagger_stats,
         "bc_loss": bc_stats[-1]["val_mse"],

@@ -86,11 +86,26 @@ class ConvEncoder(nn.Module):
         return self.net(x)
 
 
+class LatentEncoder(nn.Module):
+    """ConvEncoder -> flatten -> Linear: a flat ``latent``-dimensional code instead of the map."""
+
+    def __init__(self, convs: ConvEncoder, map_shape: tuple[int, int, int], latent: int):
+        super().__init__()
+        self.convs = convs
+        self.layers = convs.layers
+        self.linear = nn.Linear(int(np.prod(map_shape)), latent)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.convs(x).flatten(1))
+
+
 class ConvAutoencoder(nn.Module):
     """``encoder`` (ConvEncoder) + a mirrored transposed-conv decoder that reproduces the
-    exact input size (output paddings computed from the encoder's sizes)."""
+    exact input size (output paddings computed from the encoder's sizes). ``latent`` > 0 puts a
+    linear bottleneck after the convs (``LatentEncoder``): the embedding is a flat code of that
+    size, which the learner stores and reads at a fraction of the map's cost."""
 
-    def __init__(self, height: int, width: int, in_channels: int = 3, second_stride: int = 1):
+    def __init__(self, height: int, width: int, in_channels: int = 3, second_stride: int = 1, latent: int = 0):
         super().__init__()
         self.encoder = ConvEncoder(in_channels, second_stride)
         layers = self.encoder.layers
@@ -110,10 +125,16 @@ class ConvAutoencoder(nn.Module):
             if i > 0:
                 mods.append(nn.ReLU())
         self.decoder = nn.Sequential(*mods)
+        self.latent = int(latent)
+        if self.latent > 0:
+            map_shape = (layers[-1][0], *sizes[-1])
+            self.encoder = LatentEncoder(self.encoder, map_shape, self.latent)
+            self.expand = nn.Sequential(nn.Linear(self.latent, int(np.prod(map_shape))), nn.ReLU(),
+                                        nn.Unflatten(1, map_shape))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(x)
-        return torch.sigmoid(self.decoder(z)), z
+        return torch.sigmoid(self.decoder(self.expand(z) if self.latent > 0 else z)), z
 
 
 # --------------------------------------------------------------------------- inverse dynamics
@@ -223,6 +244,19 @@ class KeypointAutoencoder(nn.Module):
         return self.decoder(self.heatmaps(kp)), kp
 
 
+class PoseEncoder(nn.Module):
+    """KeypointEncoder -> Linear: ``outputs`` values regressed from the K keypoints (trained
+    with labels, e.g. the sim's target and fingertip positions: a pose estimator)."""
+
+    def __init__(self, height: int, width: int, keypoints: int = 16, outputs: int = 4):
+        super().__init__()
+        self.keypoints = KeypointEncoder(height, width, keypoints)
+        self.head = nn.Linear(2 * keypoints, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.keypoints(x).flatten(1))
+
+
 # --------------------------------------------------------------------------- training
 def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
     for _ in range(steps):
@@ -265,13 +299,15 @@ def train_autoencoder(
     seed: int = 0,
     foreground_weight: float = 10.0,
     second_stride: int = 1,
+    latent: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[ConvAutoencoder, dict]:
-    """Train the conv autoencoder on uint8 [N, H, W, 3] frames; returns (model, stats)."""
+    """Train the conv autoencoder on uint8 [N, H, W, 3] frames (``latent`` > 0: with a flat
+    bottleneck of that size); returns (model, stats)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     n, h, w, _ = frames.shape
-    model = ConvAutoencoder(h, w, second_stride=second_stride)
+    model = ConvAutoencoder(h, w, second_stride=second_stride, latent=latent)
     bg = background_of(frames)
 
     def loss_of(idx):
@@ -348,6 +384,33 @@ def train_keypoints(
     loss_v, secs = _fit(model, _batches(n, batch, steps, gen), loss_of, steps, lr, log,
                         "keypoints step {i}/{steps} weighted mse {loss:.5f}")
     return model, {"steps": steps, "batch": batch, "keypoints": keypoints, "final_loss": loss_v, "seconds": secs}
+
+
+def train_pose(
+    frames: np.ndarray,
+    labels: np.ndarray,
+    keypoints: int = 16,
+    steps: int = 1500,
+    batch: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[PoseEncoder, dict]:
+    """Supervised pose regression: uint8 frames [N, H, W, 3] -> ``labels`` [N, D] (MSE; the
+    labels should be of order 1); returns (model, stats)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n, h, w, _ = frames.shape
+    y = torch.as_tensor(np.asarray(labels, np.float32))
+    model = PoseEncoder(h, w, keypoints, y.shape[1])
+
+    def loss_of(idx):
+        return F.mse_loss(model(frames_to_tensor(frames[idx.numpy()])), y[idx])
+
+    loss_v, secs = _fit(model, _batches(n, batch, steps, gen), loss_of, steps, lr, log,
+                        "pose step {i}/{steps} mse {loss:.5f}")
+    return model, {"steps": steps, "batch": batch, "keypoints": keypoints, "outputs": int(y.shape[1]),
+                   "final_loss": loss_v, "seconds": secs}
 
 
 # --------------------------------------------------------------------------- ONNX

@@ -86,6 +86,7 @@ class Episode:
     actions: int = 0
     latency_ms: float = math.nan  # the agent's median inference time when the episode ended
     counted: bool = False  # the agent commanded (nearly) every step
+    updates: int = 0  # the learner's update count when the sim reported the episode (its last ~/status)
 
     @property
     def version(self) -> str:
@@ -114,6 +115,7 @@ class Monitor:
         self.agent_diag: dict[str, str] = {}
         self.sim_diag: dict[str, str] = {}
         self.finetune_status: dict = {}  # the learner's last ~/status (JSON)
+        self.learner_trace: list[tuple[float, int, float]] = []  # (s since t0, updates, updates/s) per status
         self.latencies: list[float] = []
         n = session.node
         n.create_subscription(DiagnosticStatus, "/sim_arm_node/episode_stats", self._on_stats, rel)
@@ -192,6 +194,10 @@ class Monitor:
             return
         if isinstance(st, dict):
             self.finetune_status = st
+            try:
+                self.learner_trace.append((self.now(), int(st.get("updates", 0)), float(st.get("updates_per_s", 0.0))))
+            except (TypeError, ValueError):
+                pass
 
     def learner_line(self) -> str:
         st = self.finetune_status
@@ -208,7 +214,8 @@ class Monitor:
             ep = Episode(index=int(v["episode"]), end=v["end"], steps=int(v["steps"]), ret=float(v["return"]),
                          success=v["success"] == "True", reached=v["reached"] == "True",
                          final_distance=float(v["final_distance"]), commanded_steps=int(v["commanded_steps"]),
-                         start_ns=int(v["start_stamp_ns"]), end_ns=int(v["end_stamp_ns"]), wall_s=self.now())
+                         start_ns=int(v["start_stamp_ns"]), end_ns=int(v["end_stamp_ns"]), wall_s=self.now(),
+                         updates=int(self.finetune_status.get("updates", 0) or 0))
         except (KeyError, ValueError) as exc:
             print(f"demo: warning: unreadable episode report from the sim ({exc}): {v}", file=sys.stderr)
             return

@@ -5,9 +5,11 @@ fine-tuner (``finetune_node``) as separate processes talking over ROS 2 on local
 private ``ROS_DOMAIN_ID``, on the shipped ``models/default`` bundle unless ``--bundle``:
 
 * ``--start fresh`` (the default): first a rosbag of the simulated arm driven by its scripted
-  expert is recorded and imported as demonstrations (``wsa import-demos``), and the agent starts
-  on a new, untrained policy head over the bundle's frozen encoders; the fine-tuner teaches it
-  from the demonstrations and the live transitions and hot-swaps each validated policy in.
+  expert is recorded and imported as demonstrations (``wsa import-demos``), the baseline to
+  beat is made by the same command (the new head behaviour-cloned on those demonstrations
+  alone, ``--bc-steps``), and the agent starts on the new, untrained policy head over the
+  bundle's frozen encoders; the fine-tuner teaches it from the demonstrations and the live
+  transitions and hot-swaps each validated policy in.
 * ``--start shipped``: the agent starts on the bundle's own policy and the fine-tuner refines it.
 
 Each node reads its config file (``config/{sim,agent,finetune}.yaml``) and then the demo's own
@@ -16,10 +18,14 @@ agent's exploration noise, the learner's settings; ``--param`` overrides any). W
 prints one line per episode (return, success, policy version, inference latency) under a
 progress bar; at the end it writes to ``--out`` (default ``out/demo``):
 
-* ``success_rate.png``  success per episode and its moving average over time, policy updates marked
+* ``success_rate.png``  success per episode and its moving average against wall time and against
+  the learner's updates, the learner's updates/s, policy updates and the offline levels marked
 * ``alpha_episode.png`` alpha per encoder over the last complete episode (which model the policy uses)
 * ``episodes.csv``      one row per episode
-* ``summary.json`` / ``summary.md``  success early vs late, alpha statistics, latency, children's exit codes
+* ``summary.json`` / ``summary.md``  the paired offline check (``--eval-episodes`` held-out episodes,
+  the same for each policy: the start, behaviour cloning, the final policy; final - bc and
+  final - start with their 95 % intervals), success early vs late, the learner's pace, alpha
+  statistics, latency, children's exit codes
 * ``logs/<child>.log``  each child's output
 
 Children are stopped with SIGINT, then SIGTERM, then SIGKILL, also on Ctrl+C or when one of them
@@ -45,6 +51,7 @@ import numpy as np
 import yaml
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_MINUTES = 11.0
 LEARNER_GRACE_S = 30.0
 
 
@@ -310,17 +317,17 @@ def summary_markdown(info: dict) -> str:
         ]
     lines.append(f"- agent inference latency (median of the agent's reports): {_fmt(s['inference_ms_median'])} ms "
                  f"on {info.get('execution_provider') or 'n/a'}")
-    oc = info.get("offline_check") or {}
-    if oc.get("start"):
-        st, fi = oc["start"], oc.get("final")
-        lines.append(f"- offline check (same {st['episodes']} held-out episodes, synchronous, no load): starting "
-                     f"policy v{st['version']} success {_fmt(st['success_final'])} (any step {_fmt(st['success_any'])})"
-                     + (f"; final policy v{fi['version']} success **{_fmt(fi['success_final'])}** (any step "
-                        f"{_fmt(fi['success_any'])})" if fi else "; no new policy was pushed during the run"))
+    for line in offline_lines(info.get("offline_check") or {}, bold=True):
+        lines.append(f"- {line}")
     if info.get("agent_reenabled_after_trips"):
         trips = info["agent_reenabled_after_trips"]
         lines.append(f"- the agent's watchdog tripped {len(trips)} time(s) and was re-enabled; "
                      f"first reason: {trips[0]}")
+    lr = info.get("learner") or {}
+    if lr.get("updates_per_s_mean") is not None:
+        lines.append(f"- learner pace during the run: {lr['updates']} updates, {lr['updates_per_s_mean']:.1f} updates/s "
+                     f"on average from its first update at {_mmss(lr['first_update_s'])} (median of its reports "
+                     f"{lr['updates_per_s_median_reported']:.1f}/s), niced, beside the sim and the agent")
     ft = info.get("finetune_status") or {}
     if ft:
         lines.append(f"- learner (last status): {ft.get('accepted', 0)} transitions accepted, {ft.get('updates', 0)} "
@@ -353,6 +360,48 @@ def summary_markdown(info: dict) -> str:
     return "\n".join(lines)
 
 
+def learner_rate(trace) -> dict:
+    """The learner's pace over the run from its ~/status samples (seconds, updates, updates/s):
+    updates done, the mean rate from the first update on, and the median of its reported rates."""
+    tr = [t for t in trace if t[0] >= 0]
+    if not tr:
+        return {}
+    first = next((t for t in tr if t[1] > 0), None)
+    last = tr[-1]
+    out = {"updates": int(last[1]), "status_samples": len(tr)}
+    if first is not None and last[0] > first[0]:
+        out["updates_per_s_mean"] = (last[1] - first[1]) / (last[0] - first[0])
+        out["updates_per_s_median_reported"] = float(np.median([t[2] for t in tr if t[1] > 0]))
+        out["first_update_s"] = float(first[0])
+    return out
+
+
+def offline_lines(oc: dict, bold: bool = False) -> list[str]:
+    """The paired offline check in words (the summary and the console)."""
+    if not oc.get("start"):
+        return []
+    b = "**" if bold else ""
+    st = oc["start"]
+    parts = [f"starting policy v{st['version']} {_fmt(st['success_final'])}"]
+    if oc.get("bc"):
+        parts.append(f"behaviour cloning on the same demonstrations (v{oc['bc']['version']}) "
+                     f"{_fmt(oc['bc']['success_final'])}")
+    if oc.get("final"):
+        parts.append(f"final policy v{oc['final']['version']} {b}{_fmt(oc['final']['success_final'])}{b}")
+    else:
+        parts.append("no new policy was pushed during the run")
+    out = [f"offline check, success on the same {st['episodes']} held-out episodes (synchronous, no load): "
+           + "; ".join(parts)]
+    for ref, label in (("bc", "behaviour cloning"), ("start", "the starting policy")):
+        d = oc.get(f"final_minus_{ref}")
+        if d:
+            lo, hi = d["ci95"]
+            out.append(f"final minus {label}: {b}{d['mean']:+.2f}{b} (95 % interval {lo:+.2f} to {hi:+.2f}; "
+                       f"{d['wins']} episodes won, {d['losses']} lost) -> "
+                       + ("better, beyond the interval" if d["above_zero"] else "NOT clearly better"))
+    return out
+
+
 # ============================================================================ offline check
 def offline_eval(bundle_path, episodes: int, seed: int, image_size: int = 84, max_steps: int = 100) -> dict:
     """A policy on a fixed set of episodes, synchronously (one action per 0.02 s step, no ROS, no
@@ -364,9 +413,43 @@ def offline_eval(bundle_path, episodes: int, seed: int, image_size: int = 84, ma
 
     eng = Engine(bundle_path, providers=("cpu",), threads=1)
     with ReacherSim(seed=seed, image_size=image_size, max_steps=max_steps) as sim:
-        ev = evaluate(sim, engine_policy(eng), episodes, seed).summary()
-    return {"version": eng.version, "episodes": episodes, "seed": seed, "success_final": ev["success_final"],
-            "success_any": ev["success_any"], "final_distance_m": ev["final_distance_m"]}
+        ev = evaluate(sim, engine_policy(eng), episodes, seed)
+    sm = ev.summary()
+    return {"version": eng.version, "episodes": episodes, "seed": seed, "success_final": sm["success_final"],
+            "success_any": sm["success_any"], "final_distance_m": sm["final_distance_m"],
+            "per_episode_success": [int(e.success) for e in ev.episodes]}
+
+
+def paired_difference(a: list, b: list) -> dict:
+    """mean(a - b) over the same episodes and its 95 % interval (normal approximation of the
+    per-episode differences; each episode is one pair)."""
+    if len(a) == 0 or len(a) != len(b):
+        raise ValueError(f"a paired difference needs the same episodes on both sides, got {len(a)} and {len(b)}")
+    d = np.asarray(a, float) - np.asarray(b, float)
+    hw = 1.96 * float(d.std(ddof=1)) / math.sqrt(d.size) if d.size > 1 else math.nan
+    m = float(d.mean())
+    return {"mean": m, "ci95": [m - hw, m + hw], "episodes": int(d.size),
+            "above_zero": bool(m - hw > 0), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+
+
+def offline_check(start_bundle, bc_bundle, final_bundle, episodes: int, image_size: int, steps: int,
+                  say=print) -> dict:
+    """The paired check: the starting policy, behaviour cloning on the same demonstrations (when
+    given) and the final policy on the same ``episodes`` held-out episodes (seed 10000+), with
+    the per-episode differences final - bc and final - start and their 95 % intervals."""
+    say(f"wsa demo: offline check on {episodes} held-out episodes (seed 10000+) ...", flush=True)
+    out: dict = {"start": offline_eval(start_bundle, episodes, 10_000, image_size, steps)}
+    if bc_bundle:
+        out["bc"] = offline_eval(bc_bundle, episodes, 10_000, image_size, steps)
+        out["bc"]["bundle"] = str(bc_bundle)
+    if final_bundle and Path(final_bundle).resolve() != Path(start_bundle).resolve():
+        out["final"] = offline_eval(final_bundle, episodes, 10_000, image_size, steps)
+        out["final"]["bundle"] = str(final_bundle)
+        for ref in ("bc", "start"):
+            if ref in out:
+                out[f"final_minus_{ref}"] = paired_difference(out["final"]["per_episode_success"],
+                                                              out[ref]["per_episode_success"])
+    return out
 
 
 # ============================================================================ the command
@@ -375,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsa demo",
         description="Simulated arm + agent + fine-tuner as separate ROS 2 processes on localhost; live "
                     "per-episode lines, then a success-rate plot, an alpha plot and a summary.")
-    ap.add_argument("--minutes", type=float, default=None, help="run time (default 12 unless --episodes)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help=f"live run time (default {DEFAULT_MINUTES:g} unless --episodes; with the start-up, the "
+                         "fresh start's bag, import and behaviour cloning and the offline check, under 15 min)")
     ap.add_argument("--episodes", type=int, default=None, help="stop after this many agent episodes")
     ap.add_argument("--bundle", default="", help="bundle folder (default: the shipped models/default)")
     ap.add_argument("--out", default="out/demo", help="output folder [%(default)s]")
@@ -390,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="sim and learner seed")
     ap.add_argument("--keep-replay", action="store_true",
                     help="keep the learner's replay store (out/replay: the embeddings of every step, about "
-                         "128 KB each with the default bundle, 4 GB after 12 minutes); removed at the end otherwise")
+                         "about 1 KB each with the default bundle, 35 MB after 12 minutes); removed at the end otherwise")
     ap.add_argument("--real-time-factor", type=float, default=1.0,
                     help="sim seconds per wall second; the graph runs on the sim's /clock [%(default)s]")
     ap.add_argument("--domain-id", type=int, default=None,
@@ -400,9 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="extra ROS parameter for a child, e.g. finetune.learner.utd=2 or agent.providers=[cpu] "
                          "(NODE: sim, agent, finetune; VALUE parsed as YAML)")
     ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the first action")
-    ap.add_argument("--eval-episodes", type=int, default=30,
-                    help="at the end, run the starting and the final policy offline on the same N held-out "
-                         "episodes (a paired check of what fine-tuning changed; 0 = skip) [%(default)s]")
+    ap.add_argument("--eval-episodes", type=int, default=50,
+                    help="at the end, run the starting policy, behaviour cloning on the same demonstrations "
+                         "(fresh start) and the final policy offline on the same N held-out episodes (a paired "
+                         "check of what fine-tuning changed; 0 = skip) [%(default)s]")
+    ap.add_argument("--bc-steps", type=int, default=DEMO_BC_STEPS,
+                    help="fresh start: behaviour-cloning steps of the baseline (the start head trained on the "
+                         "demonstrations alone, `wsa import-demos --bc-steps`) [%(default)s]")
     return ap
 
 
@@ -427,15 +516,19 @@ def _build_eval(bundle) -> dict:
 
 #: the demonstration bag of a fresh start: expert episodes (a new target each), action noise in rad/s
 DEMO_BAG_EPISODES, DEMO_BAG_NOISE, DEMO_BAG_SEED = 40, 0.6, 5000
+#: behaviour-cloning steps of the fresh start's baseline (batch 256; its held-out success stops rising by then)
+DEMO_BC_STEPS = 2000
 
 
 def prepare_fresh_start(bundle, out: Path, seed: int, episodes: int, steps: int, image_size: int,
-                        say=print) -> dict:
-    """What a fresh start needs, made from scratch in ``out``: a rosbag of the simulated arm
-    driven by its scripted expert (``demonstrations/expert_bag``, as ``ros2 bag record`` would
-    capture it), that bag imported by ``wsa import-demos`` into a demonstration store
-    (``demonstrations/store``), and ``start/``: the shipped encoders with a new, untrained policy
-    head (adapters, scorer, actor, critic from ``seed``), version 0."""
+                        bc_steps: int = 0, say=print) -> dict:
+    """What a fresh start needs, made from scratch in ``out``: ``start/``, the shipped encoders
+    with a new, untrained policy head (adapters, scorer, actor, critic from ``seed``), version 0;
+    a rosbag of the simulated arm driven by its scripted expert (``demonstrations/expert_bag``,
+    as ``ros2 bag record`` would capture it); that bag imported by ``wsa import-demos`` into a
+    demonstration store (``demonstrations/store``) and, with ``bc_steps``, the baseline to beat:
+    the same start head behaviour-cloned on those demonstrations alone (``bc/``, by the same
+    command's ``--bc-steps``)."""
     import torch
 
     from wsa_ros.learn.demos import main as import_demos
@@ -444,21 +537,29 @@ def prepare_fresh_start(bundle, out: Path, seed: int, episodes: int, steps: int,
     from wsa_ros.sim.expert_bag import record_expert_bag
 
     demo_dir = out / "demonstrations"
-    shutil.rmtree(demo_dir, ignore_errors=True)
-    t0 = time.monotonic()
-    rec = record_expert_bag(demo_dir / "expert_bag", episodes, steps, DEMO_BAG_SEED + seed, image_size,
-                            noise=DEMO_BAG_NOISE, episode_topics=True)
-    say(f"recorded {rec['episodes']} expert episodes ({rec['steps']} steps, success {rec['success_rate']:.2f}) "
-        f"into the rosbag {rec['path']} ({time.monotonic() - t0:.0f} s)")
-    rc = import_demos([rec["path"], "--out", str(demo_dir / "store"), "--bundle", str(bundle.root)])
-    if rc != 0:
-        raise RuntimeError(f"wsa import-demos failed on {rec['path']} (exit code {rc})")
+    for d in (demo_dir, out / "bc"):
+        shutil.rmtree(d, ignore_errors=True)
     torch.manual_seed(seed)
     policy = FusionPolicy.from_config(bundle.head).eval()
     start = export_policy(policy, bundle, out / "start", "0",
                           recipe={"command": "wsa demo --start fresh", "seed": seed,
                                   "note": f"untrained policy head on the encoders of {bundle.name}:{bundle.version}"})
-    return {"bag": rec, "store": str(demo_dir / "store"), "start_bundle": str(start.root)}
+    t0 = time.monotonic()
+    rec = record_expert_bag(demo_dir / "expert_bag", episodes, steps, DEMO_BAG_SEED + seed, image_size,
+                            noise=DEMO_BAG_NOISE, episode_topics=True)
+    say(f"recorded {rec['episodes']} expert episodes ({rec['steps']} steps, success {rec['success_rate']:.2f}) "
+        f"into the rosbag {rec['path']} ({time.monotonic() - t0:.0f} s)")
+    argv = [rec["path"], "--out", str(demo_dir / "store"), "--bundle", str(start.root), "--seed", str(seed)]
+    if bc_steps:
+        argv += ["--bc-steps", str(bc_steps), "--bc-out", str(out / "bc")]
+    t0 = time.monotonic()
+    rc = import_demos(argv)
+    if rc != 0:
+        raise RuntimeError(f"wsa import-demos {' '.join(argv)} failed (exit code {rc})")
+    say(f"imported the demonstrations{' and behaviour-cloned the start head on them' if bc_steps else ''} "
+        f"({time.monotonic() - t0:.0f} s)")
+    return {"bag": rec, "store": str(demo_dir / "store"), "start_bundle": str(start.root),
+            **({"bc_bundle": str(out / "bc"), "bc_steps": int(bc_steps)} if bc_steps else {})}
 
 
 def _config_file(name: str) -> Path | None:
@@ -472,7 +573,7 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.minutes is None and args.episodes is None:
-        args.minutes = 12.0
+        args.minutes = DEFAULT_MINUTES
     if (args.minutes is not None and args.minutes <= 0) or (args.episodes is not None and args.episodes <= 0):
         ap.error("--minutes and --episodes must be > 0")
     if not 0.01 <= args.real_time_factor <= 100:
@@ -483,6 +584,8 @@ def main(argv=None) -> int:
         ap.error("--start fresh needs the fine-tuner (an untrained policy with nothing to teach it)")
     if args.demo_episodes < 1:
         ap.error("--demo-episodes must be >= 1")
+    if args.bc_steps < 0 or args.eval_episodes < 0:
+        ap.error("--bc-steps and --eval-episodes must be >= 0")
     try:
         extra = _parse_params(args.param)
     except (ValueError, yaml.YAMLError) as exc:
@@ -514,7 +617,8 @@ def main(argv=None) -> int:
         print(f"wsa demo: fresh start: a demonstration bag, its import and an untrained policy head on the "
               f"encoders of '{bundle.name}' v{bundle.version} ...", flush=True)
         try:
-            fresh = prepare_fresh_start(bundle, out, args.seed, args.demo_episodes, steps, image_size)
+            fresh = prepare_fresh_start(bundle, out, args.seed, args.demo_episodes, steps, image_size,
+                                        args.bc_steps if args.eval_episodes > 0 else 0)
         except Exception as exc:  # noqa: BLE001 - say what failed, run nothing
             print(f"wsa demo: error: preparing the fresh start failed: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -569,6 +673,7 @@ def main(argv=None) -> int:
                   f"of its steps and the policy acted >= {MIN_ACTIONS:g} times per step")
         t_run = time.monotonic()
         mon.t0 = t_run  # episode times count from the agent's first action, like the progress bar
+        mon.learner_trace.clear()
         last_bar = 0.0
         last_version = None
         while True:
@@ -647,11 +752,8 @@ def main(argv=None) -> int:
     offline = {}
     if args.eval_episodes > 0 and code != EXIT_INTERRUPTED:
         try:
-            print(f"wsa demo: offline check on {args.eval_episodes} held-out episodes (seed 10000+) ...", flush=True)
-            offline["start"] = offline_eval(bundle_path, args.eval_episodes, 10_000, image_size, steps)
-            if Path(final_bundle).resolve() != Path(bundle_path).resolve():
-                offline["final"] = offline_eval(final_bundle, args.eval_episodes, 10_000, image_size, steps)
-                offline["final"]["bundle"] = final_bundle
+            offline = offline_check(bundle_path, fresh.get("bc_bundle"), final_bundle, args.eval_episodes,
+                                    image_size, steps)
         except Exception as exc:  # noqa: BLE001 - the run's record is still written
             print(f"wsa demo: warning: offline check failed: {exc}", file=sys.stderr)
 
@@ -668,16 +770,17 @@ def main(argv=None) -> int:
             "failure": failure, "execution_provider": mon.agent_diag.get("execution_provider") if session else None,
             "sim": mon.sim_diag if session else {}, "finetune_status": mon.finetune_status if session else {},
             "build_eval": _build_eval(bundle), "agent_reenabled_after_trips": mon.reenables if session else [],
-            "commands": {k: " ".join(v) for k, v in commands.items()}, "summary": summary, "offline_check": offline}
+            "commands": {k: " ".join(v) for k, v in commands.items()}, "summary": summary, "offline_check": offline,
+            "learner": learner_rate(mon.learner_trace if session else [])}
     with open(out / "episodes.csv", "w", encoding="utf-8") as f:
         f.write("episode,sim_episode,wall_s,counted,return,success,reached,final_distance,steps,commanded_steps,"
-                "actions,policy_versions,latency_ms\n")
+                "actions,policy_versions,latency_ms,learner_updates\n")
         k = 0
         for e in episodes:
             k += e.counted
             f.write(f"{k if e.counted else ''},{e.index},{e.wall_s:.2f},{int(e.counted)},{e.ret:.4f},{int(e.success)},"
                     f"{int(e.reached)},{e.final_distance:.4f},{e.steps},{e.commanded_steps},{e.actions},"
-                    f"{'|'.join(e.versions)},{e.latency_ms:.3f}\n")
+                    f"{'|'.join(e.versions)},{e.latency_ms:.3f},{e.updates}\n")
     written = ["episodes.csv"]
     replay_dir = out / "replay"
     if finetune and not args.keep_replay and replay_dir.is_dir():
@@ -687,10 +790,14 @@ def main(argv=None) -> int:
         print(f"wsa demo: removed the learner's replay store {replay_dir} ({nbytes / 1e9:.2f} GB; --keep-replay "
               "keeps it)")
     if counted:
+        ref = {f"offline {k}": offline[k]["success_final"] for k in ("bc", "final") if offline.get(k)}
         success_rate_plot(out / "success_rate.png", [e.success for e in counted], [e.ret for e in counted],
                           minutes=[e.wall_s / 60 for e in counted], versions=[e.version for e in counted],
                           window=args.window, title=f"wsa demo: {bundle.name}"
-                          + ("" if finetune else " (no fine-tuning)"))
+                          + ("" if finetune else " (no fine-tuning)"),
+                          updates=[e.updates for e in counted] if finetune else None,
+                          learner=[t for t in (mon.learner_trace if session else []) if t[0] >= 0] or None,
+                          reference=ref)
         written.append("success_rate.png")
     if first_alpha is not None:
         panels = [(f"first agent episode (sim episode {first_alpha[0].index}, policy v{first_alpha[0].version}, "
@@ -713,11 +820,8 @@ def main(argv=None) -> int:
     else:
         print("wsa demo: no episode with the agent in control was completed", file=sys.stderr)
         code = code or EXIT_FAILED
-    if offline.get("start"):
-        st, fi = offline["start"], offline.get("final")
-        text = f"v{st['version']} {st['success_final']:.2f}"
-        text += f" -> final v{fi['version']} {fi['success_final']:.2f}" if fi else " (no new policy was pushed)"
-        print(f"wsa demo: offline check, success on the same {st['episodes']} episodes: {text}")
+    for line in offline_lines(offline):
+        print(f"wsa demo: {line}")
     if s.get("alpha", {}).get("samples"):
         a = s["alpha"]
         print("wsa demo: alpha mean " + ", ".join(f"{n} {d['mean']:.2f}" for n, d in a["encoders"].items())

@@ -1,7 +1,8 @@
 """Plots of a run (matplotlib, Agg backend: no display needed) and the alpha statistics behind them.
 
-* :func:`success_rate_plot`  success per episode and its moving average over time, with the
-  episode return below and the moments the policy version changed marked.
+* :func:`success_rate_plot`  success per episode and its moving average over time and over
+  learner updates, the learner's updates/s, the episode return, the moments the policy version
+  changed and reference levels (the offline check) marked.
 * :func:`alpha_episode_plot` alpha per encoder over one (or two, e.g. first and last) episodes:
   which pre-trained model the policy relies on, step by step.
 * :func:`alpha_stats`        per-encoder mean / std / min / max, how often each encoder is the
@@ -51,42 +52,68 @@ def moving_average(x: Sequence[float], window: int) -> np.ndarray:
 
 def success_rate_plot(path, success: Sequence[bool], returns: Sequence[float] | None = None,
                       minutes: Sequence[float] | None = None, versions: Sequence[str] | None = None,
-                      window: int = 20, title: str = "Success rate over time") -> Path:
+                      window: int = 20, title: str = "Success rate over time",
+                      updates: Sequence[int] | None = None,
+                      learner: Sequence[tuple[float, int, float]] | None = None,
+                      reference: dict[str, float] | None = None) -> Path:
     """Success per episode (dots) and its trailing ``window``-episode mean (line) against
-    wall-clock minutes (or the episode index); the return below; policy changes as dashed lines."""
+    wall-clock minutes (or the episode index), policy changes as dashed lines; then, when given,
+    success against the learner's ``updates`` at each episode, the learner's updates/s over
+    time (``learner``: (seconds, updates, updates/s) samples), and the return. ``reference``:
+    horizontal lines (label -> success, e.g. the offline check's behaviour cloning and final)."""
     plt = pyplot()
     s = np.asarray(success, dtype=np.float64)
     n = s.size
     x = np.asarray(minutes, dtype=np.float64) if minutes is not None else np.arange(1, n + 1, dtype=np.float64)
     xlabel = "wall-clock time (min)" if minutes is not None else "episode"
-    rows = 2 if returns is not None else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.4 * rows), sharex=True, squeeze=False)
-    ax = axes[0, 0]
-    if n:
-        ax.scatter(x, s, s=10, alpha=0.35, color="tab:blue", label="episode success (final step)")
-        ax.plot(x, moving_average(s, window), color="tab:blue", lw=2, label=f"success rate (last {window} episodes)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("success")
-    ax.set_title(f"{title} ({n} episodes)")
-    ax.grid(alpha=0.3)
-    if returns is not None:
+    panels = ["time"] + (["updates"] if updates is not None else []) + (["rate"] if learner else []) \
+        + (["return"] if returns is not None else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), squeeze=False)
+    ax_of = {k: axes[i, 0] for i, k in enumerate(panels)}
+    colors = ["tab:green", "tab:red", "tab:purple", "tab:brown"]
+
+    def success_panel(ax, xs, label):
+        if n:
+            ax.scatter(xs, s, s=10, alpha=0.35, color="tab:blue", label="episode success (final step)")
+            ax.plot(xs, moving_average(s, window), color="tab:blue", lw=2, label=f"success rate (last {window} episodes)")
+        for (lab, val), c in zip((reference or {}).items(), colors):
+            if val is not None and math.isfinite(val):
+                ax.axhline(val, color=c, ls=":", lw=1.5, label=f"{lab} {val:.2f}")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("success")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+
+    success_panel(ax_of["time"], x, xlabel)
+    ax_of["time"].set_title(f"{title} ({n} episodes)")
+    if "updates" in ax_of:
+        success_panel(ax_of["updates"], np.asarray(updates, dtype=np.float64), "learner updates")
+    if "rate" in ax_of:
+        tr = np.asarray(learner, dtype=np.float64).reshape(-1, 3)
+        ax = ax_of["rate"]
+        ax.plot(tr[:, 0] / 60, tr[:, 2], color="tab:gray", lw=1.5, label="learner updates/s")
+        ax.set_ylabel("updates/s")
+        ax.set_xlabel("wall-clock time (min)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    if "return" in ax_of:
         r = np.asarray(returns, dtype=np.float64)
-        ax2 = axes[1, 0]
+        ax2 = ax_of["return"]
         if n:
             ax2.plot(x, r, color="tab:orange", alpha=0.3, lw=1, label="episode return")
             ax2.plot(x, moving_average(r, window), color="tab:orange", lw=2, label=f"mean of last {window}")
         ax2.set_ylabel("return")
+        ax2.set_xlabel(xlabel)
         ax2.grid(alpha=0.3)
         ax2.legend(loc="lower right", fontsize=8)
     if versions is not None and n:
         v = list(versions)
+        ax = ax_of["time"]
         for i in range(1, n):
             if v[i] != v[i - 1]:
-                for a in axes[:, 0]:
-                    a.axvline(x[i], color="gray", ls="--", lw=0.8)
-                axes[0, 0].annotate(f"v{v[i]}", (x[i], 1.02), fontsize=7, color="gray", ha="left")
-    axes[0, 0].legend(loc="lower right", fontsize=8)
-    axes[-1, 0].set_xlabel(xlabel)
+                ax.axvline(x[i], color="gray", ls="--", lw=0.8)
+                ax.annotate(f"v{v[i]}", (x[i], 1.02), fontsize=7, color="gray", ha="left")
     return save_figure(fig, path)
 
 

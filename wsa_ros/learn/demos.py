@@ -209,7 +209,7 @@ def _pretrain(args, bundle, store: ReplayStore) -> int:
 
     from wsa_ros.model.export import load_policy_module
     from wsa_ros.learn.bc import behaviour_clone
-    from wsa_ros.learn.sac import Replay
+    from wsa_ros.learn.replay import Replay
     from wsa_ros.learn.validate import export_policy, reject_folder, validate_bundle
 
     torch.manual_seed(args.seed)

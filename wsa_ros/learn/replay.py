@@ -6,13 +6,13 @@ of its observation and of its next one. :meth:`Buffer.add` links a row to the pr
 the row's observation is bit for bit the previous row's next observation (the learner's store
 and the demonstration import write episodes in order), else stores it anew. Embeddings are kept
 in float16 (the frozen encoders' outputs: feature maps, keypoints in [-1, 1], flat vectors),
-proprioception, actions and rewards in float32. With the default bundle that is about 1/20 of
-the float32 obs + next layout (``stored_bytes``); the learner sees float32 tensors.
+proprioception, actions and rewards in float32: half the observation slots of an obs + next
+layout, each in half the bytes (``bytes_per_transition``); the learner sees float32 tensors.
 
 Why not torchrl's ``TensorDictReplayBuffer`` (which the learner used before): it stores obs and
 next obs as separate rows (2x the memory of this layout, 4x with float32) and its sampling plus
-TensorDict plumbing cost 1.7-20 ms per batch of 256 here, 10-30 % of an update; the index
-gathers below cost a fraction of that (``benchmarks/bench_learner.py`` prints both). One thread
+TensorDict plumbing cost 12-16 ms per batch of 256 with the previous default head, 22-23 % of an
+update; the index gathers below cost 0.5 ms, 5 % (``benchmarks/bench_learner.py`` prints both). One thread
 adds and samples (the training thread), so there is no add / sample race.
 
 :class:`Replay` is the learner's pair of buffers, online and demonstrations (RLPD), plus a small

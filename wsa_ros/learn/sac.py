@@ -48,12 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from wsa_ros.config import SACConfig
-from wsa_ros.learn.replay import Batch, Replay  # noqa: F401  (Replay: the learner's replay, re-exported)
+from wsa_ros.learn.replay import Batch
 from wsa_ros.model.wsa import FusionPolicy
-
-
-# =============================================================================== replay
-# wsa_ros.learn.replay: online + demonstration buffers, each observation stored once, float16
 
 
 def _embs(obs: dict) -> dict[str, torch.Tensor]:

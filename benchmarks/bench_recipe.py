@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -53,13 +52,6 @@ VARIANTS = {
     "utd2": {"sac": {"utd": 2.0}},
     "batch64": {"sac": {"batch_size": 64}},
 }
-
-
-def paired(a, b) -> tuple[float, float]:
-    """mean(a - b) and the half-width of its 95 % interval (per-episode pairs)."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    hw = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
-    return float(d.mean()), float(hw)
 
 
 class Setup:
@@ -88,15 +80,13 @@ class Setup:
         return sim_proprio(self.bundle.proprio, obs).astype(np.float32)
 
     def record(self, steps: list) -> dict[str, np.ndarray]:
-        """[(emb, prop, action[-1,1], reward, next_emb, next_prop, truncated)] -> flat records."""
-        rec = {f"obs.{n}": np.stack([s[0][n] for s in steps]) for n in self.names}
-        rec.update({f"next.{n}": np.stack([s[4][n] for s in steps]) for n in self.names})
-        rec.update({"obs.proprio": np.stack([s[1] for s in steps]), "next.proprio": np.stack([s[5] for s in steps]),
-                    "action": np.stack([s[2] for s in steps]).astype(np.float32),
-                    "reward": np.asarray([s[3] for s in steps], np.float32),
-                    "terminated": np.zeros(len(steps), bool), "truncated": np.asarray([s[6] for s in steps], bool),
-                    "intervention": np.zeros(len(steps), bool)})
-        return rec
+        """[(emb, prop, action[-1,1], reward, next_emb, next_prop, truncated)] -> flat records
+        (``bench_learning._records``, the learning benchmark's own)."""
+        from benchmarks.bench_learning import _records
+
+        stack = lambda i: {n: np.stack([s[i][n] for s in steps]) for n in self.names}  # noqa: E731
+        return _records(stack(0), np.stack([s[1] for s in steps]), np.stack([s[2] for s in steps]),
+                        [s[3] for s in steps], stack(4), np.stack([s[5] for s in steps]), [s[6] for s in steps])
 
     def demos(self) -> list[dict]:
         from wsa_ros.sim.expert import GaussianNoise, expert_episodes
@@ -246,6 +236,8 @@ def main(argv=None) -> int:
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variant(s) {bad}; known: {', '.join(VARIANTS)}")
+    from wsa_ros.tools.demo import paired_difference  # the demo's paired check, the same rule
+
     setup = Setup(args)
     t0 = time.perf_counter()
     demos = setup.demos()
@@ -256,7 +248,8 @@ def main(argv=None) -> int:
     rows = [f"| bc ({args.bc_steps} steps) | {np.mean(bc):.2f} | | |"]
     for name in names:
         r = run_variant(setup, name, demos)
-        d, hw = paired(r["success"], bc)
+        pd = paired_difference(r["success"], bc)
+        d, hw = pd["mean"], pd["mean"] - pd["ci95"][0]
         r.update(diff_vs_bc=d, ci95=hw)
         res[name] = r
         rows.append(f"| {name} ({args.steps} env steps) | {np.mean(r['success']):.2f} | {d:+.2f} ± {hw:.2f} | "

@@ -144,11 +144,9 @@ def pose_labels(data: dict) -> np.ndarray:
     relative to the target (x, y) in units of 5 cm (both of order 1), the fingertip by forward
     kinematics of the frame's joint positions. The relative vector is zero at the goal: a policy
     reading it needs no precise difference of two large positions to know where to stop."""
-    from wsa_ros.sim.reacher import LINK0, LINK1
+    from wsa_ros.sim.reacher import forward_kinematics
 
-    q = np.stack([np.asarray(o["position"], np.float64) for o in data["joints"]])
-    tip = np.stack([LINK0 * np.cos(q[:, 0]) + LINK1 * np.cos(q[:, 0] + q[:, 1]),
-                    LINK0 * np.sin(q[:, 0]) + LINK1 * np.sin(q[:, 0] + q[:, 1])], axis=1)
+    tip = forward_kinematics(np.stack([np.asarray(o["position"], np.float64) for o in data["joints"]]))
     target = np.asarray(data["target"], np.float64)[:, :2]
     return np.concatenate([10.0 * target, 20.0 * (tip - target)], axis=1).astype(np.float32)
 

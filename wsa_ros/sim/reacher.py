@@ -250,6 +250,14 @@ class ReacherSim:
             pass
 
 
+def forward_kinematics(q) -> np.ndarray:
+    """Fingertip (x, y) in m for joint angles ``q`` [..., 2] (the arm's two links; the inverse of
+    :func:`inverse_kinematics`)."""
+    q = np.asarray(q, dtype=np.float64)
+    q0, q01 = q[..., 0], q[..., 0] + q[..., 1]
+    return np.stack([LINK0 * np.cos(q0) + LINK1 * np.cos(q01), LINK0 * np.sin(q0) + LINK1 * np.sin(q01)], axis=-1)
+
+
 def inverse_kinematics(target_xy, q_now=None) -> np.ndarray:
     """Joint angles putting the fingertip on ``target_xy`` (clipped to the reachable annulus and
     joint1's limit); of the two elbow solutions the one nearest ``q_now`` wins."""

@@ -49,6 +49,8 @@ VARIANTS = {
     "demo-bc-0.1": {"sac": {"demo_bc_weight": 0.1}},
     "demo-bc-0.3": {"sac": {"demo_bc_weight": 0.3}},
     "no-critic-ln": {"head": {"critic_norm": False}},         # plain MLP critics
+    "demo-bc-3": {"sac": {"demo_bc_weight": 3.0}},
+    "lr1e-4": {"sac": {"lr": 1e-4}},
     "utd2": {"sac": {"utd": 2.0}},
     "batch64": {"sac": {"batch_size": 64}},
 }

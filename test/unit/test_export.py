@@ -263,7 +263,7 @@ def test_build_default_tiny_produces_a_valid_bundle(tmp_path):
     assert set(probe) == {"ae", "idm", "kp", "pose", "all"}
     assert all(np.isfinite(v["mean_m"]) and v["median_m"] <= v["p90_m"] for v in probe.values())
     assert b.action.mode == "velocity" and b.action.joint_names == ["joint0", "joint1"]
-    assert b.proprio.fields == ["position", "velocity"] and all(s > 0 for s in b.proprio.std)
+    assert b.proprio.fields == ["sin_position", "cos_position", "velocity"] and all(s > 0 for s in b.proprio.std)
     r = b.recipe
     assert r["seed"] == 0 and "--tiny" in r["command"] and np.isfinite(r["bc_loss"])
     assert r["bc"][0]["train_mse"] < 0.5 and "eval" in r
@@ -272,7 +272,7 @@ def test_build_default_tiny_produces_a_valid_bundle(tmp_path):
     a_t, al_t, a_o, al_o = _torch_vs_ort(b)
     assert _rel_err(a_t, a_o) <= RTOL and _rel_err(al_t, al_o) <= RTOL
     frame = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
-    r = Engine(b, providers=["cpu"]).step({"front": frame}, np.zeros(4))
+    r = Engine(b, providers=["cpu"]).step({"front": frame}, np.zeros(b.proprio.dim))
     assert np.all(np.abs(r.action) <= 3.0) and abs(r.alpha.sum() - 1) < 1e-5
 
 

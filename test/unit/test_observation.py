@@ -4,6 +4,7 @@ live agent's pairs whatever the delivery order."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from types import SimpleNamespace as NS
 
@@ -182,6 +183,25 @@ def test_joint_reader_reorders_ignores_extra_joints_and_checks():
             rd.read(*args)
         assert exc.value.key == key and str(exc.value).startswith("js")
     assert JointReader(["a"]).read(["b", "a"], [1.0, 2.0])[1] is None  # no proprioception
+
+
+def test_sine_and_cosine_fields_keep_a_continuous_joint_continuous():
+    """``sin_position``/``cos_position``: a continuous joint reported just either side of pi
+    gives nearly the same vector (the raw angle jumps by 2 pi)."""
+    from wsa_ros.runtime.bundle import PROPRIO_FIELDS, ProprioSpec
+
+    assert {"sin_position", "cos_position"} <= set(PROPRIO_FIELDS)
+    spec = ProprioSpec(["a", "b"], ["sin_position", "cos_position", "velocity"], [0.0] * 6, [1.0] * 6)
+    rd = JointReader(["a"], spec)
+    _, p = rd.read(["b", "a"], [0.5, math.pi - 1e-3], [0.2, 0.1])
+    np.testing.assert_allclose(p, [math.sin(math.pi - 1e-3), math.sin(0.5), math.cos(math.pi - 1e-3), math.cos(0.5),
+                                   0.1, 0.2])
+    _, q = rd.read(["b", "a"], [0.5, -math.pi + 1e-3], [0.2, 0.1])
+    assert np.max(np.abs(p - q)) < 3e-3
+    raw = ProprioSpec(["a"], ["position"], [0.0], [1.0])
+    assert abs(build_proprio(raw, ["a"], [math.pi - 1e-3])[0] - build_proprio(raw, ["a"], [-math.pi + 1e-3])[0]) > 6
+    with pytest.raises(JointRejected, match="position of"):
+        rd.read(["b", "a"], [0.5, float("nan")], [0.2, 0.1])
 
 
 # =============================================================================== offline

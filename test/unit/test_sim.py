@@ -37,6 +37,29 @@ def test_same_seed_gives_identical_images_and_joint_states():
     assert len({h for h, _, _ in a}) > 5  # the arm moves, frames change
 
 
+def _tip_and_marker_pixels(image):
+    """(fingertip-coloured, target-coloured) pixel counts: the tip is rgba (0, 0.8, 0.6), the
+    links (0, 0.4, 0.6), the target (0.9, 0.2, 0.2)."""
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    return int(np.sum((g > b + 20) & (g > r + 80))), int(np.sum((r > g + 80) & (r > b + 80)))
+
+
+def test_fingertip_is_drawn_over_the_target_marker():
+    """The marker is a disc on the floor beneath the arm: with the tip resting on the target the
+    picture still shows the tip (as a spot painted on a table would), and the disc around it.
+    Reacher's own target is a sphere at the arm's height; enlarged to the success radius it hid
+    the fingertip exactly when the tip was within it."""
+    with ReacherSim(seed=2, image_size=84, max_steps=100, arm="near_target") as sim:
+        sim.reset()
+        tip_far, _ = _tip_and_marker_pixels(sim.render())
+        for _ in range(80):
+            _, _, _, _, info = sim.step(expert_action(sim))
+        assert info["distance"] < 0.003
+        tip, marker = _tip_and_marker_pixels(sim.render())
+    assert tip_far > 0 and tip >= tip_far // 2, (tip_far, tip)
+    assert marker > 0
+
+
 def test_target_marker_changes_the_picture_not_the_physics():
     """The target is drawn with the success radius; Reacher's own 0.009 m sphere gives the same
     joint states, only other pictures (the marker does not collide)."""

@@ -113,12 +113,14 @@ class RidgeProbe:
 
 
 def localisation(embs: dict[str, np.ndarray], xy: np.ndarray, groups: np.ndarray,
-                 test_fraction: float = 0.2, seed: int = 0) -> dict:
+                 test_fraction: float = 0.2, seed: int = 0, near: np.ndarray | None = None) -> dict:
     """Held-out error (metres) of a ridge probe from each embedding, and from all of them
     concatenated, to the positions ``xy`` [N, 2]. Whole ``groups`` (episodes: one target
     each) go to test, validation (the penalty) or training, so nearly identical frames of
     one episode never straddle the split. Returns ``{name: {"mean_m", "median_m", "p90_m"}}``
-    with the concatenation under ``"all"``."""
+    with the concatenation under ``"all"``; with a boolean mask ``near`` [N] (e.g. the
+    fingertip within the success radius, where the tip may hide the target) also
+    ``near_mean_m`` and ``near_p90_m`` over the held-out frames it marks."""
     xy = np.asarray(xy, dtype=np.float64).reshape(len(xy), -1)
     ids = np.unique(groups)
     if len(ids) < 5:
@@ -139,4 +141,7 @@ def localisation(embs: dict[str, np.ndarray], xy: np.ndarray, groups: np.ndarray
             err = np.linalg.norm(probe.predict(x[te]) - xy[te], axis=1)
             out[name] = {"mean_m": float(err.mean()), "median_m": float(np.median(err)),
                          "p90_m": float(np.quantile(err, 0.9)), "dim": int(x.shape[1])}
+            if near is not None and np.any(near[te]):
+                e_near = err[np.asarray(near, bool)[te]]
+                out[name].update(near_mean_m=float(e_near.mean()), near_p90_m=float(np.quantile(e_near, 0.9)))
     return out

@@ -95,10 +95,16 @@ class EncoderSpec:
         return self.role in ("context", "both")
 
 
+#: the proprioception fields a bundle may ask for: JointState's three, and the sine and cosine of
+#: the position (continuous rather than wrapped: a continuous joint reported in [-pi, pi) jumps
+#: by 2 pi where it crosses pi, and a policy reading the raw angle misjudged those states)
+PROPRIO_FIELDS = ("position", "velocity", "effort", "sin_position", "cos_position")
+
+
 @dataclass
 class ProprioSpec:
     joint_names: list[str]
-    fields: list[str]  # subset of position, velocity, effort (in this order per field)
+    fields: list[str]  # of PROPRIO_FIELDS, each for every joint (in the listed order)
     mean: list[float]
     std: list[float]
 
@@ -320,8 +326,8 @@ def parse_manifest(root: Path, m: Any) -> Bundle:
     if p:
         pj = _str_list(_req(p, "joint_names", f"{src}: proprio"), f"{src}: proprio.joint_names")
         pf = _str_list(_req(p, "fields", f"{src}: proprio"), f"{src}: proprio.fields")
-        if not set(pf) <= {"position", "velocity", "effort"}:
-            raise BundleError(f"{src}: proprio.fields {pf} not within position/velocity/effort")
+        if not set(pf) <= set(PROPRIO_FIELDS):
+            raise BundleError(f"{src}: proprio.fields {pf} not within {'/'.join(PROPRIO_FIELDS)}")
         dim = len(pj) * len(pf)
         proprio = ProprioSpec(
             joint_names=pj,

@@ -120,6 +120,9 @@ class JointRejected(ValueError):
         self.key = key
 
 
+_OF_POSITION = {"sin_position": np.sin, "cos_position": np.cos}  # proprioception fields derived from the position
+
+
 class JointReader:
     """sensor_msgs/JointState fields (any joint order, extra joints ignored) -> the action
     joints' positions and the bundle's proprioception vector (per field, the spec's joints
@@ -175,6 +178,9 @@ class JointReader:
             return measured, None
         parts = []
         for fld in self.proprio.fields:
+            if fld in _OF_POSITION:
+                parts.append(_OF_POSITION[fld](fields["position"][pidx]))
+                continue
             if len(fields[fld]) != n:
                 raise JointRejected("joint_malformed", f"{self.where} has no '{fld}' values for its {n} joints")
             parts.append(fields[fld][pidx])
@@ -188,7 +194,8 @@ class JointReader:
 
 def build_proprio(spec, names, position=None, velocity=None, effort=None) -> np.ndarray:
     """Joint readings (any order, e.g. a JointState's) -> the vector the bundle expects:
-    for each field in ``spec.fields``, every joint in ``spec.joint_names`` order. Raises
+    for each field in ``spec.fields`` (``bundle.PROPRIO_FIELDS``), every joint in
+    ``spec.joint_names`` order. Raises
     :class:`JointRejected` (a ValueError) naming a missing joint, a missing field or a
     non-finite value. :class:`JointReader` without action joints."""
     return JointReader((), spec).read(names, () if position is None else position,

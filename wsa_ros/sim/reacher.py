@@ -17,7 +17,10 @@ shows what counts as success. Reacher's own sphere (0.009 m) is about 3 pixels a
 self-supervised encoders trained on 4 800 such frames barely localised it: a linear probe on
 their embeddings put the target within 49 mm (autoencoder map) and 66-77 mm (keypoints) mean
 absolute error, for targets spread 100 mm (std); with the 0.02 m disc, 17-21 mm and 34-38 mm after
-fewer training steps. The marker has no collision geometry (contype 0): the physics is unchanged.
+fewer training steps. The marker is a flat disc on the arena floor, beneath the arm, so the
+fingertip stays visible over it (Reacher's sphere enlarged at the arm's height hid the tip
+exactly when it was within the radius: the pose encoder then misjudged tip - target by ~3 cm
+there). It has no collision geometry (contype 0): the physics is unchanged.
 Reward: ``-distance - 0.01 * ||action / high||^2``. Episodes never terminate; they are
 truncated after ``max_steps`` steps (0.02 s each).
 
@@ -44,6 +47,7 @@ LINK1 = 0.11  # m, joint1 -> fingertip centre
 JOINT1_LIMIT = 3.0  # rad
 ARM_STARTS = ("default", "random", "near_target")
 _GEAR = 200.0
+_MARKER_HALF_HEIGHT = 0.0005  # m: the target disc's thickness / 2, on the floor (z = 0)
 _DAMPING = 1.0  # joint damping in reacher.xml (N m s/rad)
 
 
@@ -117,7 +121,14 @@ class ReacherSim:
         g = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "target")
         if m.geom_contype[g] or m.geom_conaffinity[g]:
             raise RuntimeError("Reacher's target geom collides; its marker size would change the physics")
-        m.geom_size[g][0] = m.geom_rbound[g] = float(target_marker_radius)
+        # a flat disc on the arena floor, beneath the arm (a spot painted on the table): the arm and
+        # its fingertip are drawn over it, so the picture shows where the tip is inside the disc.
+        # Reacher's own target is a sphere at the arm's height, which a 2 cm sphere would draw over
+        # the fingertip: the tip vanished exactly where the policy has to stop.
+        m.geom_type[g] = mujoco.mjtGeom.mjGEOM_CYLINDER
+        m.geom_size[g][:2] = (float(target_marker_radius), _MARKER_HALF_HEIGHT)
+        m.geom_rbound[g] = float(np.hypot(target_marker_radius, _MARKER_HALF_HEIGHT))
+        m.geom_pos[g][2] = _MARKER_HALF_HEIGHT - float(self._u.model.body_pos[m.geom_bodyid[g]][2])
         self._steps = 0
         self._needs_seed = True
         self._closed = False

@@ -51,7 +51,7 @@ import numpy as np
 import yaml
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_MINUTES = 11.0
+DEFAULT_MINUTES = 5.0
 LEARNER_GRACE_S = 30.0
 
 
@@ -515,7 +515,7 @@ def _build_eval(bundle) -> dict:
 
 
 #: the demonstration bag of a fresh start: expert episodes (a new target each), action noise in rad/s
-DEMO_BAG_EPISODES, DEMO_BAG_NOISE, DEMO_BAG_SEED = 40, 0.6, 5000
+DEMO_BAG_EPISODES, DEMO_BAG_NOISE, DEMO_BAG_SEED = 20, 0.6, 5000
 #: behaviour-cloning steps of the fresh start's baseline (batch 256; its held-out success stops rising by then)
 DEMO_BC_STEPS = 2000
 

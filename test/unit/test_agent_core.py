@@ -165,6 +165,23 @@ def test_exploration_noise_is_added_in_policy_units_and_clamped(tiny_bundle, eng
     assert 0.25 < np.std(noise) < 0.35 and abs(np.mean(noise)) < 0.05
 
 
+def test_exploration_samples_from_the_policys_own_gaussian(tiny_bundle, engine1):
+    """exploration_sample: the command is tanh(atanh(mean action) + exp(log_std) * N(0, 1)), the
+    policy's log_std output per joint (as SAC explores), through the same safety path."""
+    assert engine1.has_log_std
+    r = Robot(tiny_bundle, exploration_sample=True, exploration_std=0.0)
+    r.tick(200)
+    z = []
+    for i, rec in enumerate(r.sink.records, start=1):
+        sent = (rec["cmd"] + 3.0) / 3.0 - 1.0  # back to [-1, 1]
+        assert np.all(np.abs(sent) < 1.0)
+        want = r.want(engine1, i)
+        assert want.log_std is not None and want.log_std.shape == (2,) and np.all(np.isfinite(want.log_std))
+        z += ((np.arctanh(sent) - np.arctanh(want.action_norm)) / np.exp(want.log_std)).tolist()
+    assert 0.85 < np.std(z) < 1.15 and abs(np.mean(z)) < 0.15
+    assert dict(r.core.diagnostics(r.t)[2])["exploration_sample"] is True
+
+
 def test_timer_trigger_acts_on_the_newest_complete_observation_and_counts_drops(tiny_bundle):
     r = Robot(tiny_bundle, trigger="timer")
     for k in range(1, 4):  # three frames between two timer ticks: one acted on, two dropped

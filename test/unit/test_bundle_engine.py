@@ -67,6 +67,21 @@ def test_engine_step_scales_action_and_alpha_sums_to_one(tiny_bundle):
     a, alpha = eng.act(eng.embed(_frames(b)), _proprio(b))
     np.testing.assert_allclose(a[0], r.action_norm, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alpha[0], r.alpha, rtol=1e-5, atol=1e-6)
+    # the policy's log-std (what the agent samples with when it explores): the same in both
+    # paths, and what the PyTorch actor computes on the same embeddings
+    import torch
+
+    from wsa_ros.model.export import load_policy_module
+
+    assert eng.has_log_std and r.log_std.shape == (b.action.dim,)
+    np.testing.assert_allclose(rc.log_std, r.log_std, rtol=1e-5, atol=1e-6)
+    pol = load_policy_module(b).eval()
+    embs = {k: torch.as_tensor(v) for k, v in eng.embed(_frames(b)).items()}
+    p = torch.as_tensor((_proprio(b) - np.array(b.proprio.mean)) / np.array(b.proprio.std), dtype=torch.float32)[None]
+    with torch.no_grad():
+        mean, log_std, _ = pol.actor(embs, p)
+    np.testing.assert_allclose(r.log_std, log_std[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.action_norm, np.tanh(mean[0].numpy()), rtol=1e-4, atol=1e-5)
 
 
 def test_engine_resizes_any_frame_size_and_outputs_depend_on_the_image(tiny_bundle):

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--episodes", type=int, default=400, help="short episodes collected for training (one target each)")
     ap.add_argument("--settle-episodes", type=int, default=200,
                     help="further collected episodes started near the target with the expert and little noise (the tip "
-                         "over the target: without them the pose encoder misjudged tip - target by ~3 cm there) [%(default)s]")
+                         "over the target: without them the pose encoder misjudged tip - target by ~4 cm there) [%(default)s]")
     ap.add_argument("--settle-steps", type=int, default=30, help="steps per settling episode [%(default)s]")
     ap.add_argument("--collect-steps", type=int, default=12, help="steps per collected episode")
     ap.add_argument("--max-steps", type=int, default=100, help="steps per DAgger/evaluation episode (0.02 s each)")

@@ -9,7 +9,8 @@ trained shared scorer, adapters and heads. Bundles run through
 
 Policy ONNX: inputs ``emb_<name>`` ``[B, *output_shape]`` for every encoder in manifest order
 (context encoders and encoders a baseline ignores included), then ``proprio`` ``[B, P]``;
-outputs ``action`` ``[B, A]`` = tanh(mean) and ``alpha`` ``[B, K]``; batch dynamic; opset 17;
+outputs ``action`` ``[B, A]`` = tanh(mean), ``alpha`` ``[B, K]`` and ``log_std`` ``[B, A]`` (the
+pre-tanh Gaussian's, what the agent samples with when it explores); batch dynamic; opset 17;
 exported with the TorchScript-based exporter (``dynamo=False``).
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from wsa_ros.model.encoders import (
 from wsa_ros.model.wsa import FusionPolicy, PolicyExport
 
 POLICY_FILE = "policy.onnx"
+POLICY_OUTPUTS = ("action", "alpha", "log_std")
 WEIGHTS_FILE = "head.pt"
 RTOL = 1e-4
 
@@ -162,7 +164,7 @@ def export_policy_onnx(policy: FusionPolicy, path: str | os.PathLike, opset: int
         shapes.append([pol.proprio_dim])
     g = torch.Generator().manual_seed(0)
     dummy = tuple(torch.randn(2, *s, generator=g) for s in shapes)
-    axes = {n: {0: "batch"} for n in names} | {"action": {0: "batch"}, "alpha": {0: "batch"}}
+    axes = {n: {0: "batch"} for n in names} | {o: {0: "batch"} for o in POLICY_OUTPUTS}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
@@ -170,7 +172,7 @@ def export_policy_onnx(policy: FusionPolicy, path: str | os.PathLike, opset: int
             dummy,
             str(path),
             input_names=names,
-            output_names=["action", "alpha"],
+            output_names=list(POLICY_OUTPUTS),
             dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,
@@ -189,14 +191,14 @@ def compare_policy_with_onnx(policy: FusionPolicy, path: str | os.PathLike, batc
     embs = {n: scale * torch.randn(batch, *pol.shapes[n], generator=g) for n in pol.encoder_names}
     proprio = torch.randn(batch, pol.proprio_dim, generator=g) if pol.proprio_dim else None
     with torch.no_grad():
-        a_t, al_t = pol.deterministic_action(embs, proprio)
+        a_t, al_t, ls_t = PolicyExport(pol)(*embs.values(), *([proprio] if proprio is not None else []))
     feed = {f"emb_{n}": v.numpy() for n, v in embs.items()}
     if proprio is not None:
         feed["proprio"] = proprio.numpy()
     sess = ort_session(path)
-    a_o, al_o = sess.run(["action", "alpha"], feed)
+    a_o, al_o, ls_o = sess.run(list(POLICY_OUTPUTS), feed)
     err = 0.0
-    for t, o in ((a_t.numpy(), a_o), (al_t.numpy(), al_o)):
+    for t, o in ((a_t.numpy(), a_o), (al_t.numpy(), al_o), (ls_t.numpy(), ls_o)):
         if t.shape != o.shape:
             raise ValueError(f"{path}: ONNX output shape {o.shape} differs from PyTorch {t.shape}")
         err = max(err, float(np.max(np.abs(t - o) / np.maximum(1.0, np.abs(t)))))
@@ -260,7 +262,7 @@ def export_bundle(
             fusion=policy.fusion,
             encoders=specs,
             action=copy.deepcopy(action),
-            policy=PolicySpec(file=POLICY_FILE, sha256="", inputs=inputs),
+            policy=PolicySpec(file=POLICY_FILE, sha256="", inputs=inputs, outputs=list(POLICY_OUTPUTS)),
             proprio=copy.deepcopy(proprio),
             normalization=policy.normalization,
             head=policy.config,

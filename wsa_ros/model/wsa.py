@@ -562,14 +562,16 @@ class FusionPolicy(nn.Module):
 
 class PolicyExport(nn.Module):
     """Positional wrapper for ONNX export: (emb_<name> for every encoder in order, [proprio])
-    -> (action = tanh(mean), alpha)."""
+    -> (action = tanh(mean), alpha, log_std of the pre-tanh Gaussian): the agent acts on the
+    mean and, exploring for the fine-tuner, samples tanh(mean + exp(log_std) * eps) as SAC does."""
 
     def __init__(self, policy: FusionPolicy):
         super().__init__()
         self.policy = policy
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         names = self.policy.encoder_names
         embs = dict(zip(names, inputs[: len(names)]))
         proprio = inputs[len(names)] if self.policy.proprio_dim else None
-        return self.policy.deterministic_action(embs, proprio)
+        mean, log_std, alpha = self.policy.actor(embs, proprio)
+        return torch.tanh(mean), alpha, log_std

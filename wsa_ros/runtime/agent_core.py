@@ -150,7 +150,12 @@ class AgentCore:
     # ================================================================== set-up
     def _build_engine(self, path) -> Engine:
         c = self.cfg
-        return Engine(path, providers=c.providers, threads=c.intra_op_threads, warmup=True, cache_dir=c.trt_cache_dir)
+        eng = Engine(path, providers=c.providers, threads=c.intra_op_threads, warmup=True, cache_dir=c.trt_cache_dir)
+        if c.exploration_sample and not eng.has_log_std:
+            self.log.warning(f"{path}: policy.onnx has no log_std output (exported before it existed), so "
+                             f"exploration_sample cannot sample from it; exploring with exploration_std "
+                             f"{c.exploration_std:g} instead (re-export the bundle to sample)")
+        return eng
 
     def _check_setup(self) -> None:
         cfg = self.cfg
@@ -341,6 +346,10 @@ class AgentCore:
         if teleop is not None and time.monotonic() - teleop[1] <= self.cfg.teleop_timeout_s:
             target = teleop[0]  # a person is driving: their command, through the same safety
             self.teleop_steps += 1
+        elif self.cfg.exploration_sample and r.log_std is not None:  # SAC's own sampling, then the same safety
+            u = np.arctanh(np.clip(r.action_norm, -1.0 + 1e-6, 1.0 - 1e-6))
+            u = u + np.exp(r.log_std) * self._explore_rng.standard_normal(u.shape)
+            target = eng.scale_action(np.tanh(u))
         elif self.cfg.exploration_std > 0:  # data collection for fine-tuning: noise, then the same safety
             noise = self._explore_rng.normal(0.0, self.cfg.exploration_std, r.action_norm.shape)
             target = eng.scale_action(np.clip(r.action_norm + noise, -1.0, 1.0))
@@ -497,6 +506,7 @@ class AgentCore:
             ("teleop_active", teleop is not None and now_m - teleop[1] <= self.cfg.teleop_timeout_s),
             ("teleop_steps_total", self.teleop_steps),
             ("exploration_std", f"{self.cfg.exploration_std:g}"),
+            ("exploration_sample", self.cfg.exploration_sample and self.engine.has_log_std),
             ("sync_timeouts", self.sync.timeouts), ("sync_pending", self.sync.pending),
             ("inference_ms_median", f"{_pct(self.step_times, 50) * 1e3:.2f}"),
             ("inference_ms_p99", f"{_pct(self.step_times, 99) * 1e3:.2f}"),

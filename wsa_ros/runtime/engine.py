@@ -59,6 +59,9 @@ class StepResult:
     action: np.ndarray  # joint units (float64), scaled from action_norm; not clamped
     action_norm: np.ndarray  # policy output in [-1, 1]
     alpha: np.ndarray  # one weight per feature encoder
+    # the pre-tanh Gaussian's log-std per joint (policy output ``log_std``; None for a bundle
+    # exported without it): what the agent samples with when it explores
+    log_std: np.ndarray | None = None
     # seconds: preprocess, infer (fused) or enc_<name> + policy (chained), and total
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -250,6 +253,10 @@ class Engine:
         if not _dims_match(pouts["alpha"].shape, [1, len(b.feature_encoders)]):
             raise BundleError(f"{path}: alpha output shape {pouts['alpha'].shape}, manifest has "
                               f"{len(b.feature_encoders)} feature encoders")
+        self.has_log_std = "log_std" in pouts
+        if self.has_log_std and not _dims_match(pouts["log_std"].shape, [1, b.action.dim]):
+            raise BundleError(f"{path}: log_std output shape {pouts['log_std'].shape}, manifest says "
+                              f"{b.action.dim} joints")
 
     def _allocate(self) -> None:
         """Preallocate every buffer a step touches and bind them once."""
@@ -276,6 +283,7 @@ class Engine:
             self._p_std = np.asarray(b.proprio.std, dtype=np.float64)
         self._action_buf = np.zeros((1, b.action.dim), dtype=np.float32)
         self._alpha_buf = np.zeros((1, len(b.feature_encoders)), dtype=np.float32)
+        self._log_std_buf = np.zeros((1, b.action.dim), dtype=np.float32)
         io = self._policy_session.io_binding()
         for e, emb in zip(b.encoders, self._emb_vals):
             io.bind_ortvalue_input(f"emb_{e.name}", emb)
@@ -283,6 +291,8 @@ class Engine:
             io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
         io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
         io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
+        if self.has_log_std:
+            io.bind_ortvalue_output("log_std", ort.OrtValue.ortvalue_from_numpy(self._log_std_buf))
         self._policy_binding = io
         self._low = np.asarray(b.action.low, dtype=np.float64)
         self._high = np.asarray(b.action.high, dtype=np.float64)
@@ -357,7 +367,7 @@ class Engine:
             merged = compose.merge_models(
                 merged, pol, io_map=io_map,
                 inputs=[f"e{i}/{e.onnx_input}" for i, e in enumerate(b.encoders)] + (["proprio"] if b.proprio else []),
-                outputs=["action", "alpha"])
+                outputs=["action", "alpha"] + (["log_std"] if self.has_log_std else []))
             g = merged.graph
             for i, j in enumerate(self._shared_inputs()):
                 if i == j:
@@ -383,6 +393,8 @@ class Engine:
             io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
         io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
         io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
+        if self.has_log_std:
+            io.bind_ortvalue_output("log_std", ort.OrtValue.ortvalue_from_numpy(self._log_std_buf))
         self._fused_binding = io
 
     def warmup(self, runs: int = 3) -> None:
@@ -401,8 +413,9 @@ class Engine:
                 if not np.all(np.isfinite(emb)):
                     raise BundleError(f"{b.path(e.file)}: warm-up produced non-finite embeddings")
             self._policy_session.run_with_iobinding(self._policy_binding, self._run_opts)
-            if not (np.all(np.isfinite(self._action_buf)) and np.all(np.isfinite(self._alpha_buf))):
-                raise BundleError(f"{b.path(b.policy.file)}: warm-up produced a non-finite action or alpha")
+            if not (np.all(np.isfinite(self._action_buf)) and np.all(np.isfinite(self._alpha_buf))
+                    and np.all(np.isfinite(self._log_std_buf))):
+                raise BundleError(f"{b.path(b.policy.file)}: warm-up produced a non-finite action, alpha or log_std")
             if self.fused:
                 chained = (self._action_buf.copy(), self._alpha_buf.copy())
                 self._fused_session.run_with_iobinding(self._fused_binding, self._run_opts)
@@ -503,7 +516,8 @@ class Engine:
         alpha = self._alpha_buf[0].copy()
         action = self._low + (a + 1.0) * self._half_range
         timings["total"] = time.perf_counter() - t0
-        return StepResult(action=action, action_norm=a, alpha=alpha, timings=timings)
+        log_std = self._log_std_buf[0].astype(np.float64) if self.has_log_std else None
+        return StepResult(action=action, action_norm=a, alpha=alpha, timings=timings, log_std=log_std)
 
     # ------------------------------------------------------------------ pieces for learners/tools
     def embed(self, images: dict) -> dict[str, np.ndarray]:

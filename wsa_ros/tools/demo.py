@@ -630,7 +630,7 @@ def main(argv=None) -> int:
     # observation-age watchdog is looser than on a robot (a trip is re-armed by the monitor, and counted)
     agent_p = {"bundle": str(bundle_path), "start_enabled": True, "trigger": "camera", "blend_in_s": 0.0,
                "max_obs_age_s": 1.0, "use_sim_time": True,
-               **({} if finetune else {"exploration_std": 0.0}), **extra["agent"]}
+               **({} if finetune else {"exploration_std": 0.0, "exploration_sample": False}), **extra["agent"]}
     ft_p = {"bundle": str(bundle_path), "store_dir": str((out / "replay").resolve()),
             "out_dir": str((out / "bundles").resolve()), "learner.seed": args.seed, "use_sim_time": True,
             **({"demo_dir": str(Path(fresh["store"]).resolve())} if fresh else {}),

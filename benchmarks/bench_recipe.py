@@ -51,6 +51,8 @@ VARIANTS = {
     "no-critic-ln": {"head": {"critic_norm": False}},         # plain MLP critics
     "demo-bc-3": {"sac": {"demo_bc_weight": 3.0}},
     "lr1e-4": {"sac": {"lr": 1e-4}},
+    "discount0.9": {"sac": {"discount": 0.9}},
+    "tau0.001": {"sac": {"tau": 0.001}},
     "utd2": {"sac": {"utd": 2.0}},
     "batch64": {"sac": {"batch_size": 64}},
 }

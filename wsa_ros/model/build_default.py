@@ -354,7 +354,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
 
     # proprio normalisation from the collected states, read by the agent's rule (observation.build_proprio)
     fields = list(PROPRIO_LAYOUT)
-    layout = ProprioSpec(list(JOINT_NAMES), fields, [0.0] * (2 * len(fields)), [1.0] * (2 * len(fields)))
+    dim = len(JOINT_NAMES) * len(fields)
+    layout = ProprioSpec(list(JOINT_NAMES), fields, [0.0] * dim, [1.0] * dim)
     p_raw = np.stack([sim_proprio(layout, o) for o in data["joints"]])
     p_mean = p_raw.mean(axis=0)
     p_std = np.maximum(p_raw.std(axis=0), 1e-3)

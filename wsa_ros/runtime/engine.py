@@ -289,10 +289,7 @@ class Engine:
             io.bind_ortvalue_input(f"emb_{e.name}", emb)
         if b.proprio:
             io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
-        io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
-        io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
-        if self.has_log_std:
-            io.bind_ortvalue_output("log_std", ort.OrtValue.ortvalue_from_numpy(self._log_std_buf))
+        self._bind_policy_outputs(io)
         self._policy_binding = io
         self._low = np.asarray(b.action.low, dtype=np.float64)
         self._high = np.asarray(b.action.high, dtype=np.float64)
@@ -303,6 +300,14 @@ class Engine:
         # camera name -> [(encoder index, (height, width))] for the buffers a frame fills
         self._fill_plan = {c: [(i, (b.encoders[i].input.height, b.encoders[i].input.width))
                                for i in idx if shared[i] == i] for c, idx in self._by_camera.items()}
+
+    def _bind_policy_outputs(self, io) -> None:
+        """The policy's outputs (chained or merged graph) into the preallocated buffers."""
+        ort = self._ort
+        io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
+        io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
+        if self.has_log_std:
+            io.bind_ortvalue_output("log_std", ort.OrtValue.ortvalue_from_numpy(self._log_std_buf))
 
     def _count_rewrites(self, done: dict[str, int]) -> None:
         for k, v in done.items():
@@ -391,10 +396,7 @@ class Engine:
                 io.bind_ortvalue_input(f"e{i}/{e.onnx_input}", ort.OrtValue.ortvalue_from_numpy(buf))
         if b.proprio:
             io.bind_ortvalue_input("proprio", ort.OrtValue.ortvalue_from_numpy(self._proprio_buf))
-        io.bind_ortvalue_output("action", ort.OrtValue.ortvalue_from_numpy(self._action_buf))
-        io.bind_ortvalue_output("alpha", ort.OrtValue.ortvalue_from_numpy(self._alpha_buf))
-        if self.has_log_std:
-            io.bind_ortvalue_output("log_std", ort.OrtValue.ortvalue_from_numpy(self._log_std_buf))
+        self._bind_policy_outputs(io)
         self._fused_binding = io
 
     def warmup(self, runs: int = 3) -> None:

@@ -25,6 +25,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config/robots", glob("config/robots/*.yaml")),
         *tree("models"),
     ],
     # onnxruntime is not listed: robots install onnxruntime-gpu (or NVIDIA's Jetson build) instead

@@ -244,7 +244,158 @@ class FinetuneConfig:
     learner: SACConfig = section(SACConfig, "The learner's settings (SACConfig): learner.batch_size, ...")
 
 
-SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune": FinetuneConfig}
+#: the command interfaces a robot file may name, and the units each accepts (-> the bundle's action mode)
+COMMAND_INTERFACES = {
+    "joint_trajectory": ("rad", "rad/s"),  # trajectory_msgs/JointTrajectory (joint_trajectory_controller)
+    "forward_command": ("rad", "rad/s"),  # std_msgs/Float64MultiArray (forward_command_controller)
+    "twist": ("m/s",),  # geometry_msgs/Twist (servoing: [vx, vy, vz, wx, wy, wz] prefix)
+}
+_AGENT_OUTPUT = {"joint_trajectory": "joint_trajectory", "forward_command": "float64_array", "twist": "twist"}
+
+
+@dataclass
+class RobotConfig:
+    """A robot description: the arm a bundle is built for and deployed on, one YAML file
+    (``config/robots/<name>.yaml``, ``robot: ros__parameters: ...``). Per-joint and per-camera
+    values are parallel lists in the order of ``joint_names`` / ``camera_names``, so the file is
+    also a plain ROS 2 parameter file. :func:`check_robot` checks the fields against each other;
+    :func:`robot_agent_params` turns it into ``agent_node``'s topics and output mode and
+    :func:`robot_action_spec` into the bundle's action spec, so the build, the health report and
+    the agent read one description."""
+
+    NODE = "robot"
+
+    name: str = param("", "A name for the arm (written into the bundle).")
+    joint_names: list[str] = param([], "The commanded joints, in action order (names as in /joint_states).")
+    position_lower: list[float] = param([], "Per joint: lower position limit (rad).")
+    position_upper: list[float] = param([], "Per joint: upper position limit (rad).")
+    velocity_limits: list[float] = param([], "Per joint: velocity limit (rad/s, > 0).")
+    continuous: list[str] = param([], "Joints without position limits (wrap at +-pi); their limits are ignored.")
+    command_interface: str = param(
+        "joint_trajectory", "joint_trajectory: trajectory_msgs/JointTrajectory (joint_trajectory_controller); "
+        "forward_command: std_msgs/Float64MultiArray (forward_command_controller); twist: geometry_msgs/Twist.",
+        choices=tuple(COMMAND_INTERFACES))
+    command_units: str = param(
+        "rad", "What the commands carry: rad (joint positions), rad/s (joint velocities), m/s (twist).",
+        choices=("rad", "rad/s", "m/s"))
+    command_topic: str = param("/joint_trajectory_controller/joint_trajectory", "Where the commands go.")
+    action_low: list[float] = param(
+        [], "Action lower bounds in command units; empty = position_lower (rad) or -velocity_limits (rad/s).")
+    action_high: list[float] = param(
+        [], "Action upper bounds in command units; empty = position_upper (rad) or velocity_limits (rad/s).")
+    joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState of the arm.")
+    joint_states_rate_hz: float = param(100.0, "Declared /joint_states rate (the health report checks it).",
+                                        0.1, 100000.0)
+    camera_names: list[str] = param([], "The cameras, by name (the bundle binds encoders to these).")
+    camera_topics: list[str] = param(
+        [], "Per camera: its topic; one ending in '/compressed' is sensor_msgs/CompressedImage, else sensor_msgs/Image.")
+    camera_rates_hz: list[float] = param([], "Per camera: its declared frame rate (the health report checks it).")
+    proprio_fields: list[str] = param(
+        ["position", "velocity"], "Proprioception per joint, in order: position, velocity, effort, sin_position, "
+        "cos_position (continuous joints are best given as sin_position, cos_position).",
+        choices=("position", "velocity", "effort", "sin_position", "cos_position"))
+    control_rate_hz: float = param(30.0, "The agent's control rate on this arm.", 1.0, 1000.0)
+    episode_end_topic: str = param("/wsa/episode_end", "std_msgs/String 'terminated'/'truncated' between episodes.")
+    success_topic: str = param("/wsa/success", "std_msgs/Bool: is the task solved now.")
+    reward_topic: str = param("/wsa/reward", "std_msgs/Float64 reward, if the site computes one.")
+
+
+def check_robot(r: RobotConfig, where: str = "robot") -> RobotConfig:
+    """Cross-field checks of a robot description; raises ConfigError naming the field and the fix."""
+    n = len(r.joint_names)
+    if n == 0:
+        raise ConfigError(f"{where}: 'joint_names' is empty: list the commanded joints as /joint_states names them")
+    if len(set(r.joint_names)) != n:
+        dup = sorted({j for j in r.joint_names if r.joint_names.count(j) > 1})
+        raise ConfigError(f"{where}: 'joint_names' repeats {dup}: each joint once")
+    for key in ("position_lower", "position_upper", "velocity_limits"):
+        v = getattr(r, key)
+        if len(v) != n:
+            raise ConfigError(f"{where}: '{key}' has {len(v)} values for {n} joints {r.joint_names}: one per joint")
+    unknown = sorted(set(r.continuous) - set(r.joint_names))
+    if unknown:
+        raise ConfigError(f"{where}: 'continuous' names {unknown}, not in joint_names {r.joint_names}")
+    for j, lo, hi, v in zip(r.joint_names, r.position_lower, r.position_upper, r.velocity_limits):
+        if j not in r.continuous and not lo < hi:
+            raise ConfigError(f"{where}: joint '{j}' position_lower {lo} >= position_upper {hi}: swap or fix them")
+        if not v > 0:
+            raise ConfigError(f"{where}: joint '{j}' velocity_limits {v} must be > 0 rad/s")
+    units = COMMAND_INTERFACES[r.command_interface]
+    if r.command_units not in units:
+        raise ConfigError(f"{where}: command_interface '{r.command_interface}' carries {' or '.join(units)}, "
+                          f"not command_units '{r.command_units}': set command_units to one of {list(units)}")
+    low, high = robot_action_bounds(r, where)
+    if any(not lo < hi for lo, hi in zip(low, high)):
+        raise ConfigError(f"{where}: action_low {low} must be below action_high {high} for every entry")
+    if r.command_units == "rad":
+        for j, lo, hi, plo, phi in zip(r.joint_names, low, high, r.position_lower, r.position_upper):
+            if j not in r.continuous and (lo < plo - 1e-9 or hi > phi + 1e-9):
+                raise ConfigError(f"{where}: joint '{j}' action bounds [{lo}, {hi}] leave its position limits "
+                                  f"[{plo}, {phi}]: narrow action_low/action_high")
+    if r.command_units == "rad/s":
+        for j, lo, hi, v in zip(r.joint_names, low, high, r.velocity_limits):
+            if max(abs(lo), abs(hi)) > v + 1e-9:
+                raise ConfigError(f"{where}: joint '{j}' action bounds [{lo}, {hi}] rad/s exceed its velocity "
+                                  f"limit {v}: narrow action_low/action_high")
+    if not r.camera_names:
+        raise ConfigError(f"{where}: 'camera_names' is empty: a vision policy needs at least one camera")
+    if len(set(r.camera_names)) != len(r.camera_names):
+        raise ConfigError(f"{where}: 'camera_names' repeats a name: {r.camera_names}")
+    for key in ("camera_topics", "camera_rates_hz"):
+        if len(getattr(r, key)) != len(r.camera_names):
+            raise ConfigError(f"{where}: '{key}' has {len(getattr(r, key))} values for cameras {r.camera_names}: "
+                              "one per camera")
+    if any(not hz > 0 for hz in r.camera_rates_hz):
+        raise ConfigError(f"{where}: camera_rates_hz {r.camera_rates_hz} must all be > 0")
+    topics = list(r.camera_topics) + [r.joint_states_topic, r.command_topic]
+    if len(set(topics)) != len(topics):
+        raise ConfigError(f"{where}: camera_topics, joint_states_topic and command_topic must all differ: {topics}")
+    if len(set(r.proprio_fields)) != len(r.proprio_fields):
+        raise ConfigError(f"{where}: 'proprio_fields' repeats a field: {r.proprio_fields}")
+    return r
+
+
+def robot_action_bounds(r: RobotConfig, where: str = "robot") -> tuple[list[float], list[float]]:
+    """The action bounds in command units: the file's, or derived from the joint limits."""
+    n = 6 if r.command_interface == "twist" else len(r.joint_names)
+    if r.action_low or r.action_high:
+        if len(r.action_low) != len(r.action_high) or not 0 < len(r.action_low) <= n:
+            raise ConfigError(f"{where}: action_low and action_high need the same length, 1..{n} "
+                              f"(got {len(r.action_low)} and {len(r.action_high)})")
+        if r.command_interface != "twist" and len(r.action_low) != n:
+            raise ConfigError(f"{where}: action_low/action_high need one value per joint ({n}), got {len(r.action_low)}")
+        return list(r.action_low), list(r.action_high)
+    if r.command_interface == "twist":
+        raise ConfigError(f"{where}: a twist interface needs action_low and action_high (m/s and rad/s)")
+    if r.command_units == "rad":
+        bad = [j for j in r.joint_names if j in r.continuous]
+        if bad:
+            raise ConfigError(f"{where}: continuous joints {bad} have no position limits: give action_low/action_high")
+        return list(r.position_lower), list(r.position_upper)
+    return [-v for v in r.velocity_limits], list(r.velocity_limits)
+
+
+def load_robot(path: str | os.PathLike) -> RobotConfig:
+    """Read and check a robot description file."""
+    return check_robot(load(path, RobotConfig), where=str(path))
+
+
+def robot_action_spec(r: RobotConfig) -> dict:
+    """The bundle's ``action`` section for this robot (mode, joints, bounds, units)."""
+    low, high = robot_action_bounds(r)
+    mode = "position" if r.command_units == "rad" else "velocity"
+    return {"mode": mode, "joint_names": list(r.joint_names), "low": [float(x) for x in low],
+            "high": [float(x) for x in high], "units": r.command_units}
+
+
+def robot_agent_params(r: RobotConfig) -> dict:
+    """``agent_node`` parameters that follow from the robot file (topics, output mode, rate)."""
+    return {"camera_topics": list(r.camera_topics), "joint_states_topic": r.joint_states_topic,
+            "output_mode": _AGENT_OUTPUT[r.command_interface], "command_topic": r.command_topic,
+            "control_rate_hz": float(r.control_rate_hz)}
+
+
+SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune": FinetuneConfig, "robot": RobotConfig}
 
 
 # --------------------------------------------------------------------------- schema access

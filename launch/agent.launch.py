@@ -3,11 +3,15 @@
     ros2 launch wsa_ros agent.launch.py
     ros2 launch wsa_ros agent.launch.py config:=/path/agent.yaml namespace:=arm1 \\
         bundle:=/path/to/bundle use_sim_time:=true
+    ros2 launch wsa_ros agent.launch.py robot:=/path/my_arm.yaml bundle:=/path/my_arm_bundle
 
 Arguments:
   config        ROS parameter file for agent_node (default: the installed config/agent.yaml)
   namespace     namespace of the node and its relative topics (default: none)
   bundle        model bundle folder; empty keeps the config file's value
+  robot         robot description (config/robots/*.yaml): its camera topics, joint-states topic,
+                command topic and interface (output_mode) and control rate override the config
+                file's; empty keeps the config file's
   use_sim_time  true to run on /clock (simulation, bag replay)
   log_level     agent_node's log level (debug, info, warn, error, fatal)
 
@@ -28,7 +32,12 @@ def _agent(context, *args, **kwargs):
     config = LaunchConfiguration("config").perform(context)
     bundle = LaunchConfiguration("bundle").perform(context)
     sim_time = LaunchConfiguration("use_sim_time").perform(context).strip().lower() in ("true", "1", "yes")
+    robot = LaunchConfiguration("robot").perform(context)
     overrides = {"use_sim_time": sim_time}
+    if robot:  # the arm's topics and command interface, checked by the one schema (wsa_ros.config)
+        from wsa_ros.config import load_robot, robot_agent_params
+
+        overrides.update(robot_agent_params(load_robot(robot)))
     if bundle:
         overrides["bundle"] = bundle  # only when given: otherwise the config file's value holds
     return [
@@ -56,6 +65,8 @@ def generate_launch_description():
                               description="Namespace of the agent node and its relative topics"),
         DeclareLaunchArgument("bundle", default_value="",
                               description="Model bundle folder; empty keeps the config file's value"),
+        DeclareLaunchArgument("robot", default_value="",
+                              description="Robot description YAML (config/robots/); empty keeps the config file's topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (simulation, bag replay)"),
         DeclareLaunchArgument("log_level", default_value="info",

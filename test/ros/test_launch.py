@@ -139,7 +139,8 @@ def _run_launch(values: dict):
         ld = ns["generate_launch_description"]()
         declared = {a.args[0]: a.kwargs.get("default_value") for a in recorded["DeclareLaunchArgument"]}
         ctx = types.SimpleNamespace(launch_configurations={
-            "config": "/cfg/agent.yaml", "bundle": "", "use_sim_time": "false", "namespace": "", "log_level": "info",
+            "config": "/cfg/agent.yaml", "bundle": "", "robot": "", "use_sim_time": "false", "namespace": "",
+            "log_level": "info",
             **values})
         (opaque,) = recorded["OpaqueFunction"]
         (node,) = opaque.kwargs["function"](ctx)
@@ -163,6 +164,22 @@ def test_launch_logic_with_stand_ins():
     assert node["namespace"].name == "namespace"
     _, _, node = _run_launch({"bundle": "/b/v2", "use_sim_time": "true"})
     assert node["parameters"][1] == {"use_sim_time": True, "bundle": "/b/v2"}
+
+
+def test_launch_robot_argument_sets_the_arms_topics_and_interface(tmp_path):
+    from wsa_ros import config as C
+
+    robot = ROOT / "config" / "robots" / "reacher.yaml"
+    _, declared, node = _run_launch({"robot": str(robot)})
+    assert declared["robot"] == ""
+    over = node["parameters"][1]
+    assert over == {"use_sim_time": False, **C.robot_agent_params(C.load_robot(robot))}
+    agent = C.from_dict(C.AgentConfig, {k: v for k, v in over.items() if k != "use_sim_time"})
+    assert agent.output_mode == "float64_array" and agent.camera_topics == ["/camera/image_raw"]
+    bad = tmp_path / "r.yaml"
+    bad.write_text(robot.read_text().replace("camera_rates_hz: [50.0]", "camera_rates_hz: []"))
+    with pytest.raises(C.ConfigError, match="camera_rates_hz"):
+        _run_launch({"robot": str(bad)})
 
 
 # --------------------------------------------------------------------------- colcon

@@ -130,21 +130,34 @@ class SimConfig:
 
     NODE = "sim_arm_node"
 
+    arm: str = param(
+        "reacher", "reacher: 2-joint Reacher (MuJoCo), joint velocity commands, one camera, 0.02 s steps; "
+        "arm7: 7-joint arm (gymnasium's Pusher model), joint position commands, cameras scene and wrist, "
+        "0.05 s steps.", choices=("reacher", "arm7"))
     seed: int = param(0, "Episode seed (targets, initial joint states).", 0, 2**31 - 1)
-    image_size: int = param(84, "Square camera image size in pixels.", 16, 1024)
-    camera_topic: str = param("/camera/image_raw", "sensor_msgs/Image (rgb8) output.")
+    image_size: int = param(84, "Square camera image size in pixels (every camera).", 16, 1024)
+    camera_topic: str = param("/camera/image_raw", "sensor_msgs/Image (rgb8) output of the one-camera Reacher "
+                                                   "(when camera_topics is empty).")
+    camera_topics: list[str] = param(
+        [], "One sensor_msgs/Image (rgb8) topic per sim camera, in camera order (arm7: scene, wrist); "
+        "empty = camera_topic for Reacher, /<camera>_camera/image_raw for each arm7 camera.")
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState output.")
     command_topic: str = param("/forward_command_controller/commands",
-                               "Velocity commands in, as a ros2_control forward_command_controller takes them.")
+                               "Commands in, as a ros2_control controller takes them: joint velocities (rad/s) "
+                               "for Reacher, joint positions (rad) for arm7.")
     command_type: str = param(
         "float64_array",
-        "float64_array: std_msgs/Float64MultiArray of joint velocities (forward_command_controller); "
-        "joint_trajectory: trajectory_msgs/JointTrajectory, first point's velocities, joints by name.",
+        "float64_array: std_msgs/Float64MultiArray in the arm's command units, joint order "
+        "(forward_command_controller); joint_trajectory: trajectory_msgs/JointTrajectory, joints by name, "
+        "the first point's velocities (Reacher) or positions (arm7).",
         choices=("float64_array", "joint_trajectory"))
-    command_timeout_s: float = param(0.2, "No command for this long -> the arm is stopped.", 0.001, 10.0)
+    command_timeout_s: float = param(
+        0.2, "No command for this long -> Reacher is commanded to stop, arm7 holds its current position.",
+        0.001, 10.0)
     real_time_factor: float = param(1.0, "Simulated seconds per wall second.", 0.01, 100.0)
     publish_clock: bool = param(False, "Publish /clock (sim time) for use_sim_time graphs.")
-    max_episode_steps: int = param(100, "Steps per episode (each 0.02 s of sim time).", 1, 100000)
+    max_episode_steps: int = param(
+        100, "Steps per episode (each 0.02 s of sim time for Reacher, 0.05 s for arm7).", 1, 100000)
     reward_topic: str = param("/wsa/reward", "std_msgs/Float64 reward, one per step.")
     episode_end_topic: str = param("/wsa/episode_end", "std_msgs/String 'terminated' or 'truncated'.")
     success_topic: str = param("/wsa/success", "std_msgs/Bool, per step: is the task solved now.")

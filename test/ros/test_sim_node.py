@@ -1,8 +1,9 @@
 """sim_arm_node over real ROS 2, in separate processes: determinism under a seed, the topics it
-publishes, bad-command rejection, the command timeout and the JointTrajectory input.
+publishes, bad-command rejection, the command timeout and the JointTrajectory input; the 7-joint
+arm (``config/sim_arm7.yaml``): both cameras, 7-joint states and position trajectories.
 
 The node runs as a child process (``sim_arm_node --ros-args ...``); the test observes it from an
-rclpy node in a private context on the test's own ROS_DOMAIN_ID (80-99 are this file's and
+rclpy node in a private context on the test's own ROS_DOMAIN_ID (80-99 are this file's (81-86) and
 test_closed_loop.py's). Every wait is bounded.
 """
 from __future__ import annotations
@@ -214,3 +215,69 @@ def test_joint_trajectory_commands_by_joint_name(tmp_path):
             s.spin_for(0.02)
         assert np.allclose(probe.velocity(), [1.5, -1.0], atol=0.1), probe.velocity()
         s.spin_until(lambda: probe.diag_value("rejected_commands") >= 5, 3.0, "diagnostics counting rejects", ch)
+
+
+def test_arm7_two_cameras_seven_joints_and_position_trajectories(tmp_path):
+    """arm: arm7 (config/sim_arm7.yaml): both camera topics (frame_id = camera name, one stamp
+    with the 7-joint state), JointTrajectory positions by joint name move the arm to the
+    target; a trajectory carrying velocities only is rejected; without commands it holds."""
+    from pathlib import Path
+
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from wsa_ros.sim.arm7 import JOINT_NAMES, Arm7Sim
+
+    with Arm7Sim(render=False) as ref:
+        low, high = ref.action_low, ref.action_high
+    dom = 86
+    params = Path(__file__).resolve().parents[2] / "config" / "sim_arm7.yaml"
+    with Children(ros_env(dom), tmp_path / "logs") as ch, RosSession("probe86", dom) as s:
+        ch.start("sim_arm7", node_command("sim_arm_node", {"seed": 3, "max_episode_steps": 100000}, [params]))
+        probe = SimProbe(s)
+        sensor = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+        frames: dict[str, dict[int, tuple]] = {"scene": {}, "wrist": {}}
+        for cam in frames:
+            s.node.create_subscription(Image, f"/{cam}_camera/image_raw", lambda m, c=cam: frames[c].__setitem__(
+                SimProbe._ns(m.header), (m.header.frame_id, m.height, m.width, m.encoding, len(m.data))), sensor)
+        pub = s.node.create_publisher(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
+                                      QoSProfile(depth=10))
+        s.spin_until(lambda: pub.get_subscription_count() >= 1 and probe.last_joints is not None
+                     and frames["scene"] and frames["wrist"], 30.0, "both arm7 cameras and the joint state", ch)
+        s.spin_for(0.3)
+        names, q0, _ = probe.last_joints
+        assert names == JOINT_NAMES
+        assert len(q0) == 7 and len(probe.last_joints[2]) == 7
+        for cam, got in frames.items():
+            assert {v for v in got.values()} == {(cam, 84, 84, "rgb8", 84 * 84 * 3)}, (cam, set(got.values()))
+        both = set(frames["scene"]) & set(frames["wrist"]) & set(probe.joints)
+        assert both, "camera frames and joint states do not share stamps"
+        q0 = np.array(q0)
+
+        def send(point: JointTrajectoryPoint, order=None):
+            order = list(JOINT_NAMES) if order is None else order
+            pub.publish(JointTrajectory(joint_names=order, points=[point]))
+
+        # velocities only (Reacher's field): rejected, the arm holds its pose
+        for _ in range(5):
+            send(JointTrajectoryPoint(velocities=[0.5] * 7))
+            s.spin_for(0.05)
+        s.spin_for(0.3)
+        assert np.abs(np.array(probe.last_joints[1]) - q0).max() < 1e-3
+        # a position target 0.1 rad away on every joint, joints named in reverse order
+        goal = np.clip(q0 + 0.1 * np.sign(0.5 * (low + high) - q0), low, high)
+        rev = list(reversed(JOINT_NAMES))
+        for _ in range(25):  # 1.25 s at 20 Hz
+            send(JointTrajectoryPoint(positions=[float(goal[JOINT_NAMES.index(n)]) for n in rev]), rev)
+            s.spin_for(0.05)
+        err = np.abs(np.array(probe.last_joints[1]) - goal).max()
+        assert err < 0.02, f"arm7 did not track the position command: max error {err:.3f} rad"
+        # the stream stops: after the timeout the arm holds where it is (no drift back to q0)
+        s.spin_for(0.8)
+        q, v = np.array(probe.last_joints[1]), np.array(probe.last_joints[2])
+        assert np.abs(q - goal).max() < 0.02 and np.abs(v).max() < 0.02, (q - goal, v)
+        s.spin_until(lambda: probe.diag_value("rejected_commands") >= 5 and probe.diag_value("command_timeouts") >= 1,
+                     3.0, "diagnostics counting 5 rejects and the timeout", ch)
+        assert probe.diag_value("accepted_commands") >= 20
+        assert not ch.dead(), "the arm7 sim died"

@@ -30,6 +30,7 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
 from wsa_ros import config as C
@@ -126,7 +127,13 @@ def read_config(node, cls):
     """The current parameter values as an instance of ``cls`` (fully validated)."""
     values = {}
     for name, typ, default, _meta in C.flat_schema(cls):
-        p = node.get_parameter(name)
+        try:
+            p = node.get_parameter(name)
+        except ParameterUninitializedException:
+            # an empty-list default (e.g. sim_arm_node camera_topics: []) can only be declared by
+            # its type, and rclpy raises on reading it until it is set: it holds the default
+            values[name] = default
+            continue
         v = p.value
         if p.type_ == Parameter.Type.NOT_SET or v is None:
             v = default

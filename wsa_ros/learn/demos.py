@@ -56,8 +56,10 @@ def import_bag(path, bundle, engine: Engine, store: ReplayStore, topics: dict, e
     """Import one bag into ``store``; returns counts (transitions, episodes, rejections)."""
     info = summary(path)
     have = info.topics
+    acfg = acfg or AssemblerConfig()
     cams = dict(zip(bundle.cameras, topics["cameras"]))
-    need = list(cams.values()) + [topics["command"], topics["reward"]]
+    reward = topics["reward"] if acfg.require_reward or topics["reward"] in have else None
+    need = list(cams.values()) + [topics["command"]] + ([reward] if reward else [])
     if bundle.proprio is not None:
         need.append(topics["joints"])
     missing = [t for t in need if t not in have]
@@ -72,10 +74,9 @@ def import_bag(path, bundle, engine: Engine, store: ReplayStore, topics: dict, e
     optional = [t for t in (topics.get("episode_end"), topics.get("success")) if t and t in have and have[t].count]
     end_topic = topics.get("episode_end") if topics.get("episode_end") in optional else None
     spec = TransitionSpec.from_bundle(bundle)
-    asm = Assembler(spec, bundle.cameras, engine.embed, bundle.proprio, acfg or AssemblerConfig(),
-                    source=Path(path).name)
+    asm = Assembler(spec, bundle.cameras, engine.embed, bundle.proprio, acfg, source=Path(path).name)
     topic_cam = {t: c for c, t in cams.items()}
-    sel = list(cams.values()) + [topics["command"], topics["reward"]] + optional
+    sel = list(cams.values()) + [topics["command"]] + ([reward] if reward else []) + optional
     if bundle.proprio is not None or topics["joints"] in have:
         sel.append(topics["joints"])
     joints = list(spec.action_joints)
@@ -109,7 +110,7 @@ def import_bag(path, bundle, engine: Engine, store: ReplayStore, topics: dict, e
                     vals = [] if pt is None else (pt.positions if bundle.action.mode == "position" else pt.velocities)
                     names, values = list(msg.joint_names), list(vals)
                 asm.add_record(t, asm.newest_frame_stamp(), "demo", names, values)
-        elif m.topic == topics["reward"]:
+        elif m.topic == reward:
             asm.add_reward(t, m.msg.data)
         elif m.topic == topics.get("success"):
             asm.add_success(t, m.msg.data)

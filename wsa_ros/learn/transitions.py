@@ -259,6 +259,9 @@ class AssemblerConfig:
     max_abs_reward: float = 1e6
     history_s: float = 3.0  # frames / joint states kept for pairing
     max_history: int = 4096  # per stream, whatever the rate
+    #: False: a step that received no reward is kept with reward 0 (a recording without a reward
+    #: topic, imported for behaviour cloning only: `wsa build-bundle --from-bags`)
+    require_reward: bool = True
 
 
 @dataclass
@@ -516,7 +519,7 @@ class Assembler:
         return _Obs(first.stamp_ns, embs, None if proprio is None else proprio.astype(np.float32))
 
     def _emit(self, step: _Step, nxt: _Obs, terminated: bool, truncated: bool, out: list) -> None:
-        if step.n_rewards == 0:
+        if step.n_rewards == 0 and self.cfg.require_reward:
             return self.reject("no_reward", f"step on frame {step.stamp_ns} received no reward")
         assert step.obs is not None
         out.append(Transition(

@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="flat is the paper's A_0 on the flattened 64x16x16 map (+1M parameters) [%(default)s]")
     ap.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads (1 is fastest on a busy 2-core machine)")
     ap.add_argument("--quiet", action="store_true")
+    from wsa_ros.model.build_from_bags import add_arguments
+
+    add_arguments(ap)
     return ap
 
 
@@ -468,7 +471,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size < 36:
         print("wsa build-bundle: --image-size must be at least 36 (Nature CNN)", file=sys.stderr)
         return 2
+    if args.from_bags is not None or args.robot is not None:
+        return _main_from_bags(args, argv)
     build(args, argv)
+    return 0
+
+
+def _main_from_bags(args, argv) -> int:
+    """``--from-bags BAG... --robot ROBOT.yaml``: wsa_ros.model.build_from_bags."""
+    from wsa_ros.config import ConfigError
+    from wsa_ros.learn.demos import DemoImportError
+    from wsa_ros.learn.store import StoreError
+    from wsa_ros.model.build_from_bags import BuildArgError, BuildError, build_from_bags
+    from wsa_ros.runtime.bags import BagError
+    from wsa_ros.runtime.bundle import BundleError
+    from wsa_ros.runtime.engine import EngineError
+
+    if not args.from_bags or not args.robot:
+        print("wsa build-bundle: --from-bags BAG... and --robot ROBOT.yaml go together (see config/robots/ for "
+              "examples)", file=sys.stderr)
+        return 2
+    if args.out == DEFAULT_OUT:
+        print(f"wsa build-bundle: give --out for a bundle built from recordings (not the shipped {DEFAULT_OUT})",
+              file=sys.stderr)
+        return 2
+    if not 0.0 < args.holdout < 1.0:
+        print(f"wsa build-bundle: --holdout {args.holdout} must lie in (0, 1)", file=sys.stderr)
+        return 2
+    try:
+        build_from_bags(args, argv)
+    except (ConfigError, BuildArgError) as exc:
+        print(f"wsa build-bundle: {exc}", file=sys.stderr)
+        return 2
+    except (BuildError, BagError, BundleError, DemoImportError, StoreError, EngineError) as exc:
+        print(f"wsa build-bundle: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,6 +16,7 @@ COMMANDS = {
     "eval-bag": ("wsa_ros.tools.eval_bag:main", "run a bundle over a rosbag offline; CSV + report"),
     "screen": ("wsa_ros.tools.screen:main", "rank candidate encoders on a bag with linear probes"),
     "import-demos": ("wsa_ros.learn.demos:main", "import rosbag demonstrations into a demonstration store"),
+    "bag-health": ("wsa_ros.tools.bag_health:main", "recordings vs a robot file: rates, gaps, stamps, pairing"),
     "demo": ("wsa_ros.tools.demo:main", "the main job: simulated arm + agent + fine-tuner over ROS on localhost"),
 }
 

@@ -1,0 +1,93 @@
+"""`wsa build-bundle --from-bags BAG... --robot ROBOT.yaml`: a bundle for the arm a robot file
+describes, from its recordings alone (encoders trained on the bags' frames, behaviour cloning on
+the recorded commands through the agent's observation rule, held-out episodes)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from wsa_ros import config
+from wsa_ros.model.build_default import main as build_main
+from wsa_ros.runtime.bundle import load_bundle
+from wsa_ros.runtime.engine import Engine
+from wsa_ros.sim.expert_bag import record_expert_bag
+
+ROBOT = config.package_share() / "config" / "robots" / "reacher.yaml"
+TINY = ["--tiny", "--image-size", "48", "--bc-steps", "300", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bags")
+    rec = record_expert_bag(d / "demo", episodes=6, steps=25, seed=3, image_size=48, episode_topics=True)
+    return rec["path"]
+
+
+def test_builds_a_bundle_for_the_robot_file_from_its_recording(bag, tmp_path):
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(bag), "--robot", str(ROBOT), "--out", str(out), *TINY]) == 0
+    b = load_bundle(out)
+    robot = config.load_robot(ROBOT)
+    assert config.robot_action_spec(robot) == {"mode": b.action.mode, "joint_names": b.action.joint_names,
+                                               "low": b.action.low, "high": b.action.high, "units": b.action.units}
+    assert b.proprio.fields == robot.proprio_fields and b.name == robot.name
+    assert {e.camera for e in b.encoders} == set(robot.camera_names)
+    roles = {e.name: e.role for e in b.encoders}
+    assert roles == {"ae_front": "context", "kp_front": "feature"}
+    report = json.loads((out / "report.json").read_text())
+    held = report["heldout"]
+    assert held["episodes"]["held_out"] >= 1 and held["observations"] > 0
+    assert len(held["mae"]) == 2 and all(np.isfinite(held["mae"]))
+    # the policy learned the commands: on held-out episodes it beats predicting the mean command
+    assert np.mean(held["mae"]) < np.mean(held["baseline_mae"])
+    assert report["health"]["verdict"] in ("OK", "WARN")
+    eng = Engine(out, providers=["cpu"])
+    frame = np.zeros((48, 48, 3), np.uint8)
+    r = eng.step({"front": frame}, eng.bundle.proprio and np.zeros(eng.bundle.proprio.dim, np.float32))
+    assert np.all(np.abs(r.action) <= 3.0 + 1e-6)
+
+
+def test_a_recording_without_the_command_topic_fails_and_writes_nothing(bag, tmp_path, capsys):
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(ROBOT.read_text().replace("command_topic: /forward_command_controller/commands",
+                                               "command_topic: /arm/commands"))
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(bag), "--robot", str(robot), "--out", str(out), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "/arm/commands" in err
+    assert not out.exists()
+
+
+def test_joint_names_that_do_not_match_the_robot_file_are_named(bag, tmp_path, capsys):
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(ROBOT.read_text().replace("joint_names: [joint0, joint1]", "joint_names: [shoulder, elbow]")
+                     .replace("continuous: [joint0]", "continuous: [shoulder]"))
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(bag), "--robot", str(robot), "--out", str(out), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "shoulder" in err and "joint0" in err
+    assert not out.exists()
+
+
+def test_bad_arguments_exit_2_with_the_cause(bag, tmp_path, capsys):
+    assert build_main(["--from-bags", str(bag), "--out", str(tmp_path / "b"), *TINY]) == 2
+    assert "--robot" in capsys.readouterr().err
+    bad = tmp_path / "r.yaml"
+    bad.write_text(ROBOT.read_text().replace("velocity_limits: [3.0, 3.0]", "velocity_limits: [3.0]"))
+    assert build_main(["--from-bags", str(bag), "--robot", str(bad), "--out", str(tmp_path / "b"), *TINY]) == 2
+    assert "velocity_limits" in capsys.readouterr().err
+    assert build_main(["--from-bags", str(tmp_path / "nope"), "--robot", str(ROBOT), "--out", str(tmp_path / "b"),
+                       *TINY]) in (1, 2)
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_recording_without_rewards_still_builds_for_behaviour_cloning(bag, tmp_path):
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(ROBOT.read_text() + "    reward_topic: /not/recorded\n")
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(bag), "--robot", str(robot), "--out", str(out), *TINY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["observation_pairs"] == sum(r["transitions"] for r in report["import"]) > 100

@@ -91,3 +91,44 @@ def test_a_recording_without_rewards_still_builds_for_behaviour_cloning(bag, tmp
     assert build_main(["--from-bags", str(bag), "--robot", str(robot), "--out", str(out), *TINY]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["observation_pairs"] == sum(r["transitions"] for r in report["import"]) > 100
+
+
+def test_an_onnx_backbone_from_elsewhere_joins_as_a_fused_model(bag, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert build_main(["--from-bags", str(bag), "--robot", str(ROBOT), "--out", str(first), *TINY]) == 0
+    backbone = tmp_path / "backbone.onnx"
+    shutil.copyfile(first / "encoders" / "kp_front.onnx", backbone)  # any uint8 NHWC encoder exported elsewhere
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(bag), "--robot", str(ROBOT), "--out", str(out), *TINY,
+                       "--onnx-encoder", f"ext={backbone}@front"]) == 0
+    b = load_bundle(out)
+    ext = [e for e in b.encoders if e.name == "ext"]
+    assert ext and ext[0].camera == "front" and ext[0].role == "feature"
+    assert json.loads((out / "report.json").read_text())["heldout"]["alpha_encoders"] == ["kp_front", "ext"]
+    assert build_main(["--from-bags", str(bag), "--robot", str(ROBOT), "--out", str(tmp_path / "x"), *TINY,
+                       "--onnx-encoder", f"ext={backbone}@wrist"]) == 2
+    assert "camera 'wrist' is not one of the robot's cameras ['front']" in capsys.readouterr().err
+
+
+def test_the_seven_joint_arm_with_two_cameras_from_its_own_bag(tmp_path):
+    """The whole path on arm7: its expert's bag (two cameras, JointTrajectory positions) -> a bundle
+    with an encoder per camera and the robot file's 7 position joints -> the engine driving the sim."""
+    from wsa_ros.sim.arm7 import Arm7Sim
+    from wsa_ros.sim.rollout import engine_policy, evaluate
+
+    robot_file = config.package_share() / "config" / "robots" / "arm7.yaml"
+    rec = record_expert_bag(tmp_path / "bag", episodes=4, steps=20, seed=4, image_size=48, arm="arm7",
+                            episode_topics=True)
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(rec["path"]), "--robot", str(robot_file), "--out", str(out), *TINY]) == 0
+    b = load_bundle(out)
+    robot = config.load_robot(robot_file)
+    assert b.action.mode == "position" and b.action.joint_names == robot.joint_names
+    assert {e.name: e.camera for e in b.encoders} == {"ae_scene": "scene", "kp_scene": "scene", "kp_wrist": "wrist"}
+    eng = Engine(out, providers=["cpu"])
+    sent = []
+    act = engine_policy(eng)
+    with Arm7Sim(seed=9, image_size=48, max_steps=5) as sim:
+        evaluate(sim, lambda obs: sent.append(act(obs)) or sent[-1], 1, 9)
+    a = np.stack(sent)
+    assert a.shape == (5, 7) and np.all(a >= np.asarray(b.action.low) - 1e-6) and np.all(a <= np.asarray(b.action.high) + 1e-6)

@@ -83,10 +83,15 @@ def sim_proprio(spec, obs: dict) -> np.ndarray | None:
 def engine_policy(engine, alphas: list | None = None) -> Callable[[dict], np.ndarray]:
     """A bundle run by ONNX Runtime, the agent's own path: obs -> action (joint units)."""
     b = engine.bundle
-    cam = b.cameras[0]
+    cams = list(b.cameras)
 
     def act(obs: dict) -> np.ndarray:
-        r = engine.step({cam: obs["image"]}, sim_proprio(b.proprio, obs))
+        # a sim with several cameras gives obs["images"] by camera name; Reacher's one frame is obs["image"]
+        images = obs.get("images") or {cams[0]: obs["image"]}
+        missing = [c for c in cams if c not in images]
+        if missing:
+            raise KeyError(f"the bundle reads camera(s) {missing}; the sim has {sorted(images)}")
+        r = engine.step({c: images[c] for c in cams}, sim_proprio(b.proprio, obs))
         if alphas is not None:
             alphas.append(r.alpha)
         return r.action

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wsa_ros.model.build_default import _round as _plain  # plain YAML/JSON-safe types, floats rounded
+
 
 class BuildError(RuntimeError):
     """A recording or a step of the build that cannot succeed; names the cause and the fix."""
@@ -351,17 +353,3 @@ def heldout_error(policy, arr: dict, is_held: np.ndarray, spec, mean, std, names
         out["alpha_mean"] = [round(float(x), 4) for x in alpha.mean(dim=0)]
         out["alpha_encoders"] = [e["name"] for e in policy.config["encoders"] if e["role"] in ("feature", "both")]
     return out
-
-
-def _plain(x):
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (float, np.floating)):
-        return round(float(x), 6)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x if isinstance(x, (str, type(None))) else str(x)

@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from wsa_ros.model.fit import bc_train as _bc_train, plain as _round
+
 DEFAULT_OUT = "models/default"
 
 
@@ -173,46 +175,6 @@ def pose_labels(data: dict) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- BC
-def _bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
-    """Adam with a cosine learning-rate decay on MSE(tanh(mean), label); 10% held out."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
-
-    n = len(labels)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-    n_val = max(1, n // 10)
-    val, tr = perm[:n_val], perm[n_val:]
-    params = policy.fusion_parameters() + policy.actor_parameters()
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, steps) / steps)))
-
-    def loss_on(idx):
-        e = {k: v[idx] for k, v in embs.items()}
-        a, _ = policy.deterministic_action(e, proprio[idx] if proprio is not None else None)
-        return F.mse_loss(a, labels[idx])
-
-    policy.train()
-    last = float("nan")
-    for i in range(steps):
-        idx = tr[torch.randint(0, len(tr), (min(batch, len(tr)),), generator=gen)]
-        loss = loss_on(idx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        last = float(loss.detach())
-        if log and (i % 500 == 0 or i == steps - 1):
-            log(f"{tag} step {i}/{steps} mse {last:.4f}")
-    policy.eval()
-    with torch.no_grad():
-        val_loss = float(loss_on(val))
-        train_loss = float(loss_on(tr[: min(len(tr), 4096)]))
-    return {"steps": steps, "samples": n, "train_mse": train_loss, "val_mse": val_loss, "last_batch_mse": last}
-
-
 def _rollout(sim, sessions, specs, policy, pspec, episodes, seed_base):
     """DAgger: run the torch policy on ORT embeddings (``sim.rollout``); returns the visited
     states' embeddings, normalised proprio and expert labels, and the rollouts' stats."""
@@ -441,23 +403,6 @@ def build(args: argparse.Namespace, argv: list[str]) -> "object":
     log(f"wrote {args.out} ({size_b / 1e6:.2f} MB) in {timings['total_s']} s")
     shutil.rmtree(work, ignore_errors=True)
     return bundle
-
-
-def _round(x):
-    """Plain YAML-safe types, floats rounded to 6 digits."""
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (float, np.floating)):
-        return round(float(x), 6)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, str):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _round(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_round(v) for v in x]
-    return x
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsa_ros.model.build_default import _round as _plain  # plain YAML/JSON-safe types, floats rounded
+from wsa_ros.model.fit import bc_train, plain as _plain
 
 
 class BuildError(RuntimeError):
@@ -283,9 +283,7 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
         E = {k: torch.from_numpy(arr[f"obs.{k}"][tr]) for k in names}
         P = torch.from_numpy(((arr["obs.proprio"][tr] - mean) / std).astype(np.float32)) if dim else None
         t = time.time()
-        from wsa_ros.model.build_default import _bc_train
-
-        bc = _bc_train(policy, E, P, torch.from_numpy(arr["action"][tr]), args.bc_steps, args.bc_batch, args.bc_lr,
+        bc = bc_train(policy, E, P, torch.from_numpy(arr["action"][tr]), args.bc_steps, args.bc_batch, args.bc_lr,
                        args.seed, log, "bc")
         timings["bc_s"] = round(time.time() - t, 1)
         held_report = heldout_error(policy, arr, is_held, spec, mean, std, names)

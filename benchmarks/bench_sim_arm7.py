@@ -31,21 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from wsa_ros.tools.bench import _time  # noqa: E402 - the engine benchmark's timer: seconds per call
+
 
 def _ms(samples) -> str:
     import numpy as np
 
     a = np.asarray(samples) * 1e3
     return f"{np.median(a):7.3f} [{np.percentile(a, 95):7.3f}]"
-
-
-def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def bench_sim(name: str, make, expert, size: int, steps: int) -> dict:
@@ -72,7 +65,7 @@ def bench_sim(name: str, make, expert, size: int, steps: int) -> dict:
         for c in cams:
             render = (lambda c=c: sim.render(c)) if c != "camera" else sim.render
             render()  # first frame: context and buffers
-            res[f"render/{c}"] = _timed(render, steps)
+            res[f"render/{c}"] = _time(render, steps, warm=0)
         full = []
         for i in range(steps):
             a = expert(sim)

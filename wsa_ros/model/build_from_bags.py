@@ -111,16 +111,17 @@ def _onnx_input_spec(path: Path, size: int):
 def read_frames(bags: list[Path], robot, size: int, max_frames: int, log) -> dict[str, np.ndarray]:
     """Per camera, up to ``max_frames`` frames (evenly spaced over all bags), decoded and resized
     to ``size`` by the engine's preprocessing."""
-    from wsa_ros.runtime.bags import iter_messages
+    from wsa_ros.runtime.bags import iter_messages, summary
     from wsa_ros.runtime.bundle import InputSpec
     from wsa_ros.runtime.images import ImageError, decode, is_compressed_topic
     from wsa_ros.model.encoders import prepare_images
 
     inp = InputSpec(height=size, width=size)
     counts = {t: 0 for t in robot.camera_topics}
-    for bag in bags:
-        for m in iter_messages(bag, topics=list(robot.camera_topics), decode=False):
-            counts[m.topic] += 1
+    for bag in bags:  # the bags' own message counts (no read of the frames)
+        have = summary(bag).topics
+        for t in counts:
+            counts[t] += have[t].count if t in have else 0
     out: dict[str, np.ndarray] = {}
     for cam, topic in zip(robot.camera_names, robot.camera_topics):
         total = counts[topic]

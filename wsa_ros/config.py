@@ -412,6 +412,10 @@ SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune":
 
 
 # --------------------------------------------------------------------------- schema access
+#: node name -> its section (what its parameter files are checked against)
+NODE_CONFIGS = {c.NODE: c for c in (AgentConfig, SimConfig, FinetuneConfig)}
+
+
 def schema(cls) -> list[tuple[str, Any, Any, dict]]:
     """(name, python type, default, metadata) per field of a section (a nested section is
     one entry whose metadata holds ``section``)."""
@@ -522,12 +526,10 @@ def from_dict(cls, values: dict[str, Any], where: str = "config"):
     return cls(**kwargs)
 
 
-def load(path: str | os.PathLike, cls, node_name: str | None = None):
-    """Read one section from a ROS 2 parameter YAML file.
-
-    Looks for ``<node_name>`` (default: the section's NODE) or ``/**`` and their
-    ``ros__parameters``; a file holding a bare mapping of parameters is accepted too.
-    """
+def read_params(path: str | os.PathLike, node_name: str | None) -> dict[str, Any]:
+    """The parameters a ROS 2 parameter YAML file gives node ``node_name``, as dotted keys:
+    its ``/**`` block, then its ``<node_name>`` / ``/<node_name>`` blocks over it (each
+    ``ros__parameters``); a file holding a bare mapping of parameters is accepted too."""
     p = Path(path)
     try:
         with open(p, encoding="utf-8") as f:
@@ -536,24 +538,50 @@ def load(path: str | os.PathLike, cls, node_name: str | None = None):
         raise ConfigError(f"{p}: config file not found") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-    node = node_name or getattr(cls, "NODE", None)
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     params: dict[str, Any] = {}
     found = False
-    for key in ("/**", node, f"/{node}" if node else None):
+    for key in ("/**", node_name, f"/{node_name}" if node_name else None):
         if key and key in doc:
             block = doc[key]
             if not isinstance(block, dict) or "ros__parameters" not in block:
                 raise ConfigError(f"{p}: '{key}' has no 'ros__parameters' mapping")
-            params.update(block["ros__parameters"] or {})
+            params.update(flatten(block["ros__parameters"] or {}))
             found = True
     if not found:
         if any(isinstance(v, dict) and "ros__parameters" in v for v in doc.values()):
-            raise ConfigError(f"{p}: no parameters for node '{node}' (found {sorted(doc)})")
-        params = doc
-    return from_dict(cls, params, where=f"{p} [{node}]")
+            raise ConfigError(f"{p}: no parameters for node '{node_name}' (found {sorted(doc)})")
+        params = flatten(doc)
+    return params
+
+
+def merge_params(files, overrides: dict[str, Any] | None, node_name: str) -> dict[str, Any]:
+    """One node's parameters from several files and explicit values, later ones winning, as
+    dotted keys. rcl does not promise that order: with a ``/**`` file before a file with a
+    block for the node itself, the block beats a later ``-p name:=value`` (``-p`` joins the
+    first ``/**`` block), so the demo once ran the agent with a demo file's exploration noise
+    that ``-p`` had turned off.
+    Hand a node the merged result as its one parameter file (:func:`dump_params`)."""
+    out: dict[str, Any] = {}
+    for f in files:
+        if f:
+            out.update(read_params(f, node_name))
+    out.update(flatten(dict(overrides or {})))
+    return out
+
+
+def dump_params(params: dict[str, Any], node_name: str) -> str:
+    """Dotted parameters -> ROS 2 parameter YAML for ``node_name``."""
+    return yaml.safe_dump({node_name: {"ros__parameters": nest(params)}}, sort_keys=False)
+
+
+def load(path: str | os.PathLike, cls, node_name: str | None = None):
+    """Read one section from a ROS 2 parameter YAML file (:func:`read_params`, for the
+    section's NODE unless ``node_name``)."""
+    node = node_name or getattr(cls, "NODE", None)
+    return from_dict(cls, read_params(path, node), where=f"{path} [{node}]")
 
 
 def dump(obj, node_name: str | None = None) -> str:

@@ -3,7 +3,7 @@ publishes, bad-command rejection, the command timeout and the JointTrajectory in
 arm (``config/sim_arm7.yaml``): both cameras, 7-joint states and position trajectories.
 
 The node runs as a child process (``sim_arm_node --ros-args ...``); the test observes it from an
-rclpy node in a private context on the test's own ROS_DOMAIN_ID (80-99 are this file's (81-86) and
+rclpy node in a private context on the test's own ROS_DOMAIN_ID (80-99 are this file's (81-87) and
 test_closed_loop.py's). Every wait is bounded.
 """
 from __future__ import annotations
@@ -281,3 +281,30 @@ def test_arm7_two_cameras_seven_joints_and_position_trajectories(tmp_path):
                      3.0, "diagnostics counting 5 rejects and the timeout", ch)
         assert probe.diag_value("accepted_commands") >= 20
         assert not ch.dead(), "the arm7 sim died"
+
+
+def test_command_line_values_beat_a_node_specific_parameter_file(tmp_path):
+    """A value given on the command line wins over every parameter file. rcl alone does not
+    promise that: with a ``/**`` file before a file holding a block for the node itself, the
+    block wins over a later ``-p`` (the demo's ``--no-finetune`` once ran the agent with the demo
+    file's exploration noise; the same three sources gave this sim 32 px for ``-p image_size:=48``).
+    ``node_command`` merges files and values into one file: the node publishes 48 px frames."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    every = tmp_path / "sim_all.yaml"
+    every.write_text("/**:\n  ros__parameters:\n    image_size: 40\n")
+    own = tmp_path / "sim_own.yaml"
+    own.write_text("sim_arm_node:\n  ros__parameters:\n    image_size: 32\n    seed: 4\n")
+    dom = 87
+    cmd = node_command("sim_arm_node", {"image_size": 48}, [every, own], params_path=tmp_path / "merged.yaml")
+    assert cmd[-2:] == ["--params-file", str(tmp_path / "merged.yaml")]
+    sizes = set()
+    with Children(ros_env(dom), tmp_path / "logs") as ch, RosSession("probe87", dom) as s:
+        ch.start("sim", cmd)
+        s.node.create_subscription(Image, "/camera/image_raw", lambda m: sizes.add((m.height, m.width)),
+                                   QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                                              reliability=ReliabilityPolicy.BEST_EFFORT))
+        s.spin_until(lambda: len(sizes) > 0, 30.0, "a camera frame", ch)
+    assert sizes == {(48, 48)}, sizes
+    assert "seed: 4" in (tmp_path / "merged.yaml").read_text()  # the files' other values still hold

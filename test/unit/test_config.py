@@ -1,5 +1,6 @@
 """The one configuration schema: ROS-params YAML read by nodes and tools alike."""
 import pytest
+import yaml
 
 from wsa_ros import config
 from wsa_ros.config import AgentConfig, ConfigError
@@ -95,3 +96,22 @@ def test_demo_settings_files_use_the_same_schema():
         path = share / "config" / f"demo_{start}.yaml"
         for section in (config.AgentConfig, config.FinetuneConfig):
             config.load(path, section)  # every value checked; a misspelt one would raise
+
+
+def test_merged_parameters_later_files_and_values_win(tmp_path):
+    """merge_params: a /** block, then the node's own block, then later files, then the values
+    given; dump_params writes the result as the node's one parameter file, nested again."""
+    from wsa_ros.config import dump_params, merge_params, read_params
+
+    a = tmp_path / "a.yaml"
+    a.write_text("/**:\n  ros__parameters:\n    x: 1\n    learner:\n      lr: 0.1\n      seed: 1\n"
+                 "agent_node:\n  ros__parameters:\n    x: 2\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("agent_node:\n  ros__parameters:\n    y: [1, 2]\n    learner:\n      lr: 0.2\n"
+                 "other_node:\n  ros__parameters:\n    y: 9\n")
+    m = merge_params([a, None, b], {"learner.seed": 5, "z": "s"}, "agent_node")
+    assert m == {"x": 2, "learner.lr": 0.2, "learner.seed": 5, "y": [1, 2], "z": "s"}
+    out = tmp_path / "m.yaml"
+    out.write_text(dump_params(m, "agent_node"))
+    assert read_params(out, "agent_node") == m
+    assert yaml.safe_load(out.read_text())["agent_node"]["ros__parameters"]["learner"] == {"lr": 0.2, "seed": 5}

@@ -43,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,22 +80,39 @@ def niced(cmd: list[str], level: int = 10) -> list[str]:
     return ["nice", "-n", str(int(level)), *cmd] if shutil.which("nice") else cmd
 
 
-def node_command(entry: str, params: dict | None = None, params_files=(), ros_args: list[str] | None = None) -> list[str]:
+def node_command(entry: str, params: dict | None = None, params_files=(), ros_args: list[str] | None = None,
+                 params_path: str | os.PathLike | None = None) -> list[str]:
     """The command line starting a node of this package: its console script (``agent_node``,
     ``sim_arm_node``, ``finetune_node``) next to this Python or on PATH, else ``python -c`` on the
-    module's ``main``; then ``--ros-args [--params-file F ...] -p k:=v ...`` (later files and
-    ``-p`` override earlier ones)."""
+    module's ``main``; then ``--ros-args``. With parameter files, the files and ``params`` are
+    merged here (later files and ``params`` win, :func:`wsa_ros.config.merge_params`), checked
+    by the node's schema and written to ``params_path`` (default: a new file in the temp
+    folder) as the node's one ``--params-file``; without, ``params`` go as ``-p k:=v``."""
+    from wsa_ros.config import NODE_CONFIGS, ConfigError, dump_params, from_dict, merge_params
+
     here = str(Path(sys.executable).parent)
     exe = shutil.which(entry, path=os.pathsep.join([here, os.environ.get("PATH", "")]))
     module = entry if entry.endswith("_node") else f"{entry}_node"
     cmd = [exe] if exe else [sys.executable, "-c",
                              f"import sys; from wsa_ros.ros.{module} import main; sys.exit(main())"]
     cmd.append("--ros-args")
-    for f in [params_files] if isinstance(params_files, (str, os.PathLike)) else params_files:
-        if f:
-            cmd += ["--params-file", str(f)]
-    for k, v in (params or {}).items():
-        cmd += ["-p", f"{k}:={_param_text(v)}"]
+    files = [f for f in ([params_files] if isinstance(params_files, (str, os.PathLike)) else params_files) if f]
+    if files:
+        merged = merge_params(files, params, module)
+        if module in NODE_CONFIGS:  # a bad value is named here, before any process starts
+            from_dict(NODE_CONFIGS[module], merged, where=f"{module} parameters ({', '.join(map(str, files))} "
+                                                          f"and the command line)")
+        if params_path is None:
+            fd, params_path = tempfile.mkstemp(prefix=f"wsa_{module}_", suffix=".yaml")
+            os.close(fd)
+        try:
+            Path(params_path).write_text(dump_params(merged, module), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {module}'s parameter file {params_path}: {exc}") from exc
+        cmd += ["--params-file", str(params_path)]
+    else:
+        for k, v in (params or {}).items():
+            cmd += ["-p", f"{k}:={_param_text(v)}"]
     return cmd + list(ros_args or [])
 
 
@@ -495,14 +513,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: --param NODE.NAME: NODE -> the node's name (its parameter schema: wsa_ros.config.NODE_CONFIGS)
+PARAM_NODES = {"sim": "sim_arm_node", "agent": "agent_node", "finetune": "finetune_node"}
+
+
 def _parse_params(items: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {"sim": {}, "agent": {}, "finetune": {}}
+    """``--param NODE.NAME=VALUE`` items -> {NODE: {NAME: value}}, each value checked by the
+    node's schema (ConfigError names the parameter)."""
+    from wsa_ros.config import NODE_CONFIGS, from_dict
+
+    out: dict[str, dict] = {k: {} for k in PARAM_NODES}
     for item in items:
         key, sep, value = item.partition("=")
         node, dot, name = key.partition(".")
         if not sep or not dot or node not in out or not name:
             raise ValueError(f"--param '{item}' is not NODE.NAME=VALUE with NODE one of {sorted(out)}")
         out[node][name] = yaml.safe_load(value)
+    for node, values in out.items():
+        from_dict(NODE_CONFIGS[PARAM_NODES[node]], values, where=f"--param {node}.*")
     return out
 
 
@@ -588,7 +616,7 @@ def main(argv=None) -> int:
         ap.error("--bc-steps and --eval-episodes must be >= 0")
     try:
         extra = _parse_params(args.param)
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError) as exc:  # ConfigError is a ValueError
         ap.error(str(exc))
     from wsa_ros.runtime.bundle import BundleError, load_bundle
     from wsa_ros.config import resolve_bundle
@@ -636,14 +664,19 @@ def main(argv=None) -> int:
             **({"demo_dir": str(Path(fresh["store"]).resolve())} if fresh else {}),
             **extra["finetune"]}
     demo_cfg = _config_file(f"demo_{args.start}.yaml")
-    commands = {"sim_arm_node": node_command("sim_arm_node", sim_p, [_config_file("sim.yaml")]),
-                "agent_node": node_command("agent_node", agent_p, [_config_file("agent.yaml"), demo_cfg])}
+    logs = out / "logs"  # each node's one parameter file goes beside its log
+    logs.mkdir(parents=True, exist_ok=True)
+    commands = {"sim_arm_node": node_command("sim_arm_node", sim_p, [_config_file("sim.yaml")],
+                                             params_path=logs / "sim_arm_node.params.yaml"),
+                "agent_node": node_command("agent_node", agent_p, [_config_file("agent.yaml"), demo_cfg],
+                                           params_path=logs / "agent_node.params.yaml")}
     if finetune:  # a fresh store and learner per run (the learner would resume from its checkpoint)
         shutil.rmtree(out / "replay", ignore_errors=True)
         shutil.rmtree(out / "bundles", ignore_errors=True)
         # on one small machine the real-time loop (sim + agent) goes first, the learner takes what is left
         commands["finetune_node"] = niced(node_command("finetune_node", ft_p, [_config_file("finetune.yaml"),
-                                                                              demo_cfg]))
+                                                                              demo_cfg],
+                                                       params_path=logs / "finetune_node.params.yaml"))
 
     from wsa_ros.ros.monitor import MIN_ACTIONS, Monitor, RosSession  # rclpy stays in ros/
 

@@ -413,7 +413,7 @@ SECTIONS: dict[str, type] = {"agent": AgentConfig, "sim": SimConfig, "finetune":
 
 # --------------------------------------------------------------------------- schema access
 #: node name -> its section (what its parameter files are checked against)
-NODE_CONFIGS = {c.NODE: c for c in (AgentConfig, SimConfig, FinetuneConfig)}
+NODE_CONFIGS = {c.NODE: c for k, c in SECTIONS.items() if k != "robot"}
 
 
 def schema(cls) -> list[tuple[str, Any, Any, dict]]:

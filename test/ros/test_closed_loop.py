@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 
 from wsa_ros.tools.demo import Children, node_command, ros_env  # noqa: E402
@@ -172,6 +173,13 @@ def _demo_run(tmp_path, tiny_bundle, domain: int, *extra):
     return r, out, json.loads((out / "summary.json").read_text())
 
 
+def _node_params(info: dict, node: str) -> dict:
+    """The parameters a demo child ran with: its one merged parameter file."""
+    doc = yaml.safe_load(Path(info["parameters"][node]["merged"]).read_text())
+    assert list(doc) == [node] and "--params-file" in info["commands"][node]
+    return doc[node]["ros__parameters"]
+
+
 def _check_demo_outputs(r, out, info, version: str) -> None:
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ep ")]
     assert len(lines) >= 3 and all("return" in ln and f"policy v{version}" in ln and "latency" in ln
@@ -200,9 +208,12 @@ def test_demo_fresh_start_end_to_end_writes_plots_and_summary(tmp_path, tiny_bun
     store = Path(info["fresh_start"]["store"]).resolve()  # 2 episodes x 30 steps, handed to the learner
     spec = TransitionSpec.from_bundle(load_bundle(tiny_bundle))
     assert ReplayStore(store, spec.schema(), spec.fingerprint(), readonly=True).count == 60
-    assert f"demo_dir:={store}" in info["commands"]["finetune_node"]
+    ft = _node_params(info, "finetune_node")
+    assert Path(ft["demo_dir"]) == store
+    assert ft["learner"]["demo_bc_weight"] == 1.0  # from the fresh start's settings file
+    assert _node_params(info, "agent_node")["exploration_sample"] is True
     for node in ("agent_node", "finetune_node"):
-        assert "config/demo_fresh.yaml" in info["commands"][node]
+        assert info["parameters"][node]["files"][-1].endswith("config/demo_fresh.yaml")
     bc = info["offline_check"]["bc"]  # the baseline, on the same held-out episodes as the start
     assert bc["version"] == "0+bc20" and bc["episodes"] == 2 and len(bc["per_episode_success"]) == 2
     header = (out / "episodes.csv").read_text().splitlines()[0].split(",")
@@ -216,20 +227,26 @@ def test_demo_shipped_start_fine_tunes_the_bundles_own_policy(tmp_path, tiny_bun
     r, out, info = _demo_run(tmp_path, tiny_bundle, 93, "--start", "shipped")
     _check_demo_outputs(r, out, info, "1")
     assert info["start"] == "shipped" and not info["fresh_start"]
-    assert not (out / "demonstrations").exists() and "demo_dir" not in info["commands"]["finetune_node"]
+    assert not (out / "demonstrations").exists() and not _node_params(info, "finetune_node").get("demo_dir")
     assert "bc" not in info["offline_check"]  # behaviour cloning is the fresh start's baseline
+    assert _node_params(info, "agent_node")["exploration_std"] == 0.15  # from the shipped start's settings file
     for node in ("agent_node", "finetune_node"):
-        assert "config/demo_shipped.yaml" in info["commands"][node]
+        assert info["parameters"][node]["files"][-1].endswith("config/demo_shipped.yaml")
 
 
 def test_demo_reports_a_child_that_dies(tmp_path, tiny_bundle):
-    """A child that cannot start (agent with an out-of-range parameter) is named with its exit code,
-    the others are stopped and the demo fails."""
+    """A child that cannot start (an agent given two camera topics for a one-camera bundle) is named
+    with its exit code, the others are stopped and the demo fails; a value out of its range is
+    refused before anything starts, naming the parameter."""
     r = _demo(["--bundle", str(tiny_bundle), "--episodes", "3", "--out", str(tmp_path / "d"), "--domain-id", "92",
-               "--no-finetune", "--param", "agent.control_rate_hz=0.5"], tmp_path, timeout=90)
+               "--no-finetune", "--param", "agent.camera_topics=[/a,/b]"], tmp_path, timeout=90)
     assert r.returncode == 1, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
     assert "agent_node exited with code 1" in r.stdout, r.stdout
-    assert "control_rate_hz" in r.stdout  # the end of the child's log is shown
+    assert "camera_topics has 2" in r.stdout  # the end of the child's log is shown
+    r = _demo(["--bundle", str(tiny_bundle), "--out", str(tmp_path / "e"), "--no-finetune",
+               "--param", "agent.control_rate_hz=0.5"], tmp_path, timeout=60)
+    assert r.returncode == 2 and "'control_rate_hz' = 0.5 is outside" in r.stderr, r.stderr
+    assert not (tmp_path / "e").exists()
 
 
 def test_demo_refuses_a_fresh_start_without_the_fine_tuner(tmp_path, tiny_bundle):
@@ -237,3 +254,37 @@ def test_demo_refuses_a_fresh_start_without_the_fine_tuner(tmp_path, tiny_bundle
               tmp_path, timeout=60)
     assert r.returncode == 2 and "--start fresh needs the fine-tuner" in r.stderr, r.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_arm7_site_workflow_from_a_recorded_bag(tmp_path):
+    """`wsa demo --arm arm7` (tiny budgets): the 7-joint arm's expert recorded into a rosbag, a
+    bundle built from that bag for config/robots/arm7.yaml (both cameras, the robot's joints),
+    the bag imported for the learner, then sim + agent (JointTrajectory positions, both cameras)
+    + fine-tuner over ROS: the agent's trajectories move the simulated arm (commanded steps), the
+    fine-tuner stores transitions, and the offline check runs on arm7 episodes."""
+    from wsa_ros.runtime.bundle import load_bundle
+    from wsa_ros.sim.arm7 import JOINT_NAMES
+
+    out = tmp_path / "demo"
+    r = _demo(["--arm", "arm7", "--demo-episodes", "3", "--build-args", "--tiny --image-size 48 --bc-steps 200",
+               "--episodes", "3", "--out", str(out), "--domain-id", "94", "--eval-episodes", "2",
+               "--param", "sim.max_episode_steps=20", "--param", "sim.image_size=48", "--param", "agent.providers=[cpu]",
+               "--param", "finetune.learner.warmup_transitions=1000000"], tmp_path, timeout=400)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    info = json.loads((out / "summary.json").read_text())
+    b = load_bundle(out / "bundle")
+    assert b.action.joint_names == list(JOINT_NAMES) and list(b.cameras) == ["scene", "wrist"]
+    assert info["fresh_start"]["bag"]["arm"] == "arm7" and info["fresh_start"]["build_report"]
+    agent = _node_params(info, "agent_node")
+    assert agent["output_mode"] == "joint_trajectory" and agent["camera_topics"] == [
+        "/scene_camera/image_raw", "/wrist_camera/image_raw"]
+    assert _node_params(info, "sim_arm_node")["arm"] == "arm7"
+    assert info["parameters"]["agent_node"]["files"][-1].endswith("config/demo_arm7.yaml")
+    assert info["summary"]["episodes"] >= 3 and all(rc == 0 for rc in info["exit_codes"].values()), info
+    rows = [line.split(",") for line in (out / "episodes.csv").read_text().splitlines()[1:]]
+    counted = [row for row in rows if row[3] == "1"]
+    assert counted and all(int(row[9]) >= 0.9 * int(row[8]) for row in counted)  # the agent commanded the arm
+    assert set(info["summary"]["alpha"]["encoders"]) == {"kp_scene", "kp_wrist"}
+    assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["bc"]["episodes"] == 2
+    st = info["finetune_status"]  # the learner's last status: the arm's own transitions and the bag's demonstrations
+    assert st["online"] > 0 and st["demos"] == 3 * 20, st

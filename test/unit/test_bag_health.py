@@ -192,7 +192,7 @@ def test_positions_beyond_the_limits_and_commands_beyond_the_bounds(tmp_path, ro
     pj = rep.bags[0]["joints"]["per_joint"]["elbow"]
     assert pj["max"] > 2.0 and pj["outside"] > 0
     w = _one(rep.warnings, "joint 'elbow' reaches")
-    assert "up to 2.5 above position_upper 2 rad" in w
+    assert "up to 2.5 (0.5 above position_upper 2) rad" in w
     _one(rep.warnings, "joint 'shoulder' reaches")
     _one(rep.warnings, ARM_COMMAND, "leave the action bounds")
     assert rep.errors == []

@@ -132,3 +132,12 @@ def test_the_seven_joint_arm_with_two_cameras_from_its_own_bag(tmp_path):
         evaluate(sim, lambda obs: sent.append(act(obs)) or sent[-1], 1, 9)
     a = np.stack(sent)
     assert a.shape == (5, 7) and np.all(a >= np.asarray(b.action.low) - 1e-6) and np.all(a <= np.asarray(b.action.high) + 1e-6)
+    # eval-bag with the robot file alone (its topics and rate): one action per recorded frame, compared
+    from wsa_ros.tools import eval_bag
+
+    ev = tmp_path / "eval"
+    assert eval_bag.main([str(rec["path"]), "--bundle", str(out), "--robot", str(robot_file), "--providers", "cpu",
+                          "--out", str(ev), "--no-plots", "--quiet"]) == 0
+    rows = eval_bag.read_table(ev / "steps.csv")
+    assert abs(len(rows) - 4 * 20) <= 4, len(rows)  # 20 Hz ticks over 4 x 20 frames at 20 Hz
+    assert {f"action_{j}" for j in robot.joint_names} <= set(rows[0]) and "recorded_r_elbow_flex_joint" in rows[0]

@@ -39,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -421,16 +422,21 @@ def offline_lines(oc: dict, bold: bool = False) -> list[str]:
 
 
 # ============================================================================ offline check
-def offline_eval(bundle_path, episodes: int, seed: int, image_size: int = 84, max_steps: int = 100) -> dict:
-    """A policy on a fixed set of episodes, synchronously (one action per 0.02 s step, no ROS, no
-    load; ``sim.rollout.evaluate``): episode i from ``ReacherSim.reset(seed=seed + i)``, so two
-    policies meet the very same targets and starting poses. Success = within 2 cm at the last step."""
+def offline_eval(bundle_path, episodes: int, seed: int, image_size: int = 84, max_steps: int = 100,
+                 arm: str = "reacher") -> dict:
+    """A policy on a fixed set of episodes, synchronously (one action per sim step, no ROS, no
+    load; ``sim.rollout.evaluate``): episode i from ``reset(seed=seed + i)`` of the ``arm``'s sim
+    (ReacherSim: 0.02 s steps, success within 2 cm; arm7: 0.05 s steps, within 5 cm), so two
+    policies meet the very same targets and starting poses. Success is judged at the last step."""
     from wsa_ros.runtime.engine import Engine
-    from wsa_ros.sim.reacher import ReacherSim
     from wsa_ros.sim.rollout import engine_policy, evaluate
 
+    if arm == "arm7":
+        from wsa_ros.sim.arm7 import Arm7Sim as Sim
+    else:
+        from wsa_ros.sim.reacher import ReacherSim as Sim
     eng = Engine(bundle_path, providers=("cpu",), threads=1)
-    with ReacherSim(seed=seed, image_size=image_size, max_steps=max_steps) as sim:
+    with Sim(seed=seed, image_size=image_size, max_steps=max_steps) as sim:
         ev = evaluate(sim, engine_policy(eng), episodes, seed)
     sm = ev.summary()
     return {"version": eng.version, "episodes": episodes, "seed": seed, "success_final": sm["success_final"],
@@ -451,17 +457,20 @@ def paired_difference(a: list, b: list) -> dict:
 
 
 def offline_check(start_bundle, bc_bundle, final_bundle, episodes: int, image_size: int, steps: int,
-                  say=print) -> dict:
+                  say=print, arm: str = "reacher") -> dict:
     """The paired check: the starting policy, behaviour cloning on the same demonstrations (when
-    given) and the final policy on the same ``episodes`` held-out episodes (seed 10000+), with
-    the per-episode differences final - bc and final - start and their 95 % intervals."""
+    given; the start itself where the start is the behaviour-cloned bundle, as in ``--arm``'s
+    site workflow) and the final policy on the same ``episodes`` held-out episodes (seed
+    10000+), with the per-episode differences final - bc and final - start and their 95 %
+    intervals."""
     say(f"wsa demo: offline check on {episodes} held-out episodes (seed 10000+) ...", flush=True)
-    out: dict = {"start": offline_eval(start_bundle, episodes, 10_000, image_size, steps)}
+    out: dict = {"start": offline_eval(start_bundle, episodes, 10_000, image_size, steps, arm)}
     if bc_bundle:
-        out["bc"] = offline_eval(bc_bundle, episodes, 10_000, image_size, steps)
+        same = Path(bc_bundle).resolve() == Path(start_bundle).resolve()
+        out["bc"] = dict(out["start"]) if same else offline_eval(bc_bundle, episodes, 10_000, image_size, steps, arm)
         out["bc"]["bundle"] = str(bc_bundle)
     if final_bundle and Path(final_bundle).resolve() != Path(start_bundle).resolve():
-        out["final"] = offline_eval(final_bundle, episodes, 10_000, image_size, steps)
+        out["final"] = offline_eval(final_bundle, episodes, 10_000, image_size, steps, arm)
         out["final"]["bundle"] = str(final_bundle)
         for ref in ("bc", "start"):
             if ref in out:
@@ -488,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "the fine-tuner teaches it from a demonstration rosbag (recorded from the sim's scripted "
                          "expert first) plus its own live experience; shipped: fine-tune the bundle's own "
                          "policy [fresh; shipped with --no-finetune]")
+    ap.add_argument("--arm", choices=tuple(ARM_EPISODE_STEPS), default="reacher",
+                    help="the simulated arm: reacher (2 joints, velocity commands, one camera) or arm7 (7 joints, "
+                         "JointTrajectory positions, scene and wrist cameras; config/robots/arm7.yaml). With arm7 "
+                         "a fresh start is the site workflow: expert bag -> wsa build-bundle --from-bags -> "
+                         "wsa import-demos -> agent + fine-tuner [%(default)s]")
+    ap.add_argument("--build-args", default="", metavar="ARGS",
+                    help="--arm other than reacher: extra arguments for its `wsa build-bundle --from-bags`, one "
+                         "string (e.g. \"--kp-steps 1000 --onnx-encoder dino=dino.onnx@wrist\")")
     ap.add_argument("--demo-episodes", type=int, default=DEMO_BAG_EPISODES,
                     help="expert episodes in the demonstration bag of a fresh start [%(default)s]")
     ap.add_argument("--seed", type=int, default=0, help="sim and learner seed")
@@ -590,6 +607,56 @@ def prepare_fresh_start(bundle, out: Path, seed: int, episodes: int, steps: int,
             **({"bc_bundle": str(out / "bc"), "bc_steps": int(bc_steps)} if bc_steps else {})}
 
 
+#: --arm: the simulated arms, each with config/robots/<arm>.yaml; episode length in steps (bag, live, offline)
+ARM_EPISODE_STEPS = {"reacher": 100, "arm7": 60}
+
+
+def prepare_site_start(arm: str, robot_file: Path, out: Path, seed: int, episodes: int, steps: int, image_size: int,
+                       build_args: list[str] = (), say=print) -> dict:
+    """The method's first steps on a new arm, by the public commands: record ``episodes`` expert
+    episodes of the simulated ``arm`` into a rosbag (``demonstrations/expert_bag``, the topics a
+    ros2_control arm with camera drivers publishes), ``wsa build-bundle --from-bags ... --robot``
+    (health report, per-camera encoders pre-trained on the bag's frames, behaviour cloning with
+    held-out episodes; ``bundle/``), and ``wsa import-demos`` of the same bag into the
+    fine-tuner's demonstration store (``demonstrations/store``) with that bundle's encoders.
+    The built, behaviour-cloned bundle is both the starting policy and the baseline to beat;
+    ``build_args`` go to ``wsa build-bundle`` after the demo's own (budgets, ONNX backbones)."""
+    from wsa_ros.config import load_robot
+    from wsa_ros.learn.demos import main as import_demos
+    from wsa_ros.model.build_default import main as build_bundle
+    from wsa_ros.sim.expert_bag import record_expert_bag
+
+    robot = load_robot(robot_file)
+    demo_dir, bundle_dir = out / "demonstrations", out / "bundle"
+    for d in (demo_dir, bundle_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    t0 = time.monotonic()
+    rec = record_expert_bag(demo_dir / "expert_bag", episodes, steps, DEMO_BAG_SEED + seed, image_size,
+                            episode_topics=True, arm=arm)
+    say(f"recorded {rec['episodes']} expert episodes of {arm} ({rec['steps']} steps, success "
+        f"{rec['success_rate']:.2f}) into the rosbag {rec['path']} ({time.monotonic() - t0:.0f} s)")
+    argv = ["--from-bags", rec["path"], "--robot", str(robot_file), "--out", str(bundle_dir), "--seed", str(seed),
+            "--name", arm, *build_args]
+    say(f"wsa build-bundle {' '.join(argv)}", flush=True)
+    t0 = time.monotonic()
+    rc = build_bundle(argv)
+    if rc != 0:
+        raise RuntimeError(f"wsa build-bundle {' '.join(argv)} failed (exit code {rc})")
+    build_s = time.monotonic() - t0
+    argv = [rec["path"], "--out", str(demo_dir / "store"), "--bundle", str(bundle_dir), "--seed", str(seed),
+            "--camera-topics", *robot.camera_topics, "--joint-states-topic", robot.joint_states_topic,
+            "--command-topic", robot.command_topic]
+    say(f"wsa import-demos {' '.join(argv)}", flush=True)
+    t0 = time.monotonic()
+    rc = import_demos(argv)
+    if rc != 0:
+        raise RuntimeError(f"wsa import-demos {' '.join(argv)} failed (exit code {rc})")
+    report = json.loads((bundle_dir / "report.json").read_text(encoding="utf-8"))
+    return {"bag": rec, "store": str(demo_dir / "store"), "start_bundle": str(bundle_dir),
+            "bc_bundle": str(bundle_dir), "build_s": round(build_s, 1), "import_s": round(time.monotonic() - t0, 1),
+            "build_report": report}
+
+
 def _config_file(name: str) -> Path | None:
     from wsa_ros.config import package_share
 
@@ -619,8 +686,32 @@ def main(argv=None) -> int:
     except (ValueError, yaml.YAMLError) as exc:  # ConfigError is a ValueError
         ap.error(str(exc))
     from wsa_ros.runtime.bundle import BundleError, load_bundle
-    from wsa_ros.config import resolve_bundle
+    from wsa_ros.config import ConfigError, load_robot, resolve_bundle, robot_agent_params
 
+    site = args.arm != "reacher"  # another arm: its robot file, its sim, the site workflow
+    robot_file = _config_file(f"robots/{args.arm}.yaml") if site else None
+    robot = load_robot(robot_file) if site else None
+    if site and args.start == "shipped" and not args.bundle:
+        ap.error(f"--arm {args.arm} --start shipped needs --bundle: a bundle for that arm (the shipped default is "
+                 "the Reacher's); without it the demo builds one from a recorded bag (--start fresh)")
+    finetune = not args.no_finetune
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    domain = args.domain_id if args.domain_id is not None else 215 + os.getpid() % 18
+    total_s = args.minutes * 60 if args.minutes else None
+    image_size = int(extra["sim"].get("image_size", 84))
+    steps = int(extra["sim"].get("max_episode_steps", ARM_EPISODE_STEPS[args.arm]))
+    fresh: dict = {}
+    if site and args.start == "fresh":
+        print(f"wsa demo: {args.arm}: the site workflow: {args.demo_episodes} expert episodes recorded into a rosbag, "
+              f"`wsa build-bundle --from-bags` for {robot_file.name}, `wsa import-demos` ...", flush=True)
+        try:
+            fresh = prepare_site_start(args.arm, robot_file, out, args.seed, args.demo_episodes, steps, image_size,
+                                       shlex.split(args.build_args))
+        except Exception as exc:  # noqa: BLE001 - say what failed, run nothing
+            print(f"wsa demo: error: preparing the {args.arm} start failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        args.bundle = fresh["start_bundle"]
     bundle_path = resolve_bundle(args.bundle)
     try:
         bundle = load_bundle(bundle_path)
@@ -628,16 +719,9 @@ def main(argv=None) -> int:
         hint = " (build it with `wsa build-bundle`)" if not args.bundle else ""
         print(f"wsa demo: error: bundle {bundle_path}: {exc}{hint}", file=sys.stderr)
         return EXIT_USAGE
-    finetune = not args.no_finetune
     names = [e.name for e in bundle.feature_encoders]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    domain = args.domain_id if args.domain_id is not None else 215 + os.getpid() % 18
-    total_s = args.minutes * 60 if args.minutes else None
-    image_size = int(extra["sim"].get("image_size", 84))
-    steps = int(extra["sim"].get("max_episode_steps", 100))
-    shipped_path, fresh = bundle_path, {}
-    if args.start == "fresh":
+    shipped_path = bundle_path
+    if args.start == "fresh" and not site:
         if not bundle.head or not bundle.weights:
             print(f"wsa demo: error: bundle {bundle_path} has no trainable head to start afresh from; "
                   "use --start shipped", file=sys.stderr)
@@ -653,30 +737,44 @@ def main(argv=None) -> int:
         bundle_path = Path(fresh["start_bundle"])
         bundle = load_bundle(bundle_path)
 
-    sim_p = {"seed": args.seed, "publish_clock": True, "real_time_factor": args.real_time_factor, **extra["sim"]}
+    arm_p: dict = {"sim": {}, "agent": {}, "finetune": {}}  # what the robot file decides
+    if site:
+        arm_p["agent"] = robot_agent_params(robot)
+        arm_p["sim"] = {"camera_topics": list(robot.camera_topics), "joint_states_topic": robot.joint_states_topic,
+                        "command_topic": robot.command_topic,
+                        "command_type": "joint_trajectory" if robot.command_interface == "joint_trajectory"
+                        else "float64_array"}
+        arm_p["finetune"] = {"camera_topics": list(robot.camera_topics), "joint_states_topic": robot.joint_states_topic}
+    sim_p = {"seed": args.seed, "publish_clock": True, "real_time_factor": args.real_time_factor,
+             "max_episode_steps": steps, **arm_p["sim"], **extra["sim"]}
     # the agent acts on every frame, on the sim's clock; a loaded 2-core machine delays messages, so the
     # observation-age watchdog is looser than on a robot (a trip is re-armed by the monitor, and counted)
     agent_p = {"bundle": str(bundle_path), "start_enabled": True, "trigger": "camera", "blend_in_s": 0.0,
-               "max_obs_age_s": 1.0, "use_sim_time": True,
+               "max_obs_age_s": 1.0, "use_sim_time": True, **arm_p["agent"],
                **({} if finetune else {"exploration_std": 0.0, "exploration_sample": False}), **extra["agent"]}
     ft_p = {"bundle": str(bundle_path), "store_dir": str((out / "replay").resolve()),
             "out_dir": str((out / "bundles").resolve()), "learner.seed": args.seed, "use_sim_time": True,
-            **({"demo_dir": str(Path(fresh["store"]).resolve())} if fresh else {}),
+            **({"demo_dir": str(Path(fresh["store"]).resolve())} if fresh else {}), **arm_p["finetune"],
             **extra["finetune"]}
-    demo_cfg = _config_file(f"demo_{args.start}.yaml")
-    logs = out / "logs"  # each node's one parameter file goes beside its log
+    demo_cfg = _config_file(f"demo_{args.arm}.yaml" if site else f"demo_{args.start}.yaml")
+    logs = out / "logs"  # each node's one parameter file (files + values merged) goes beside its log
     logs.mkdir(parents=True, exist_ok=True)
-    commands = {"sim_arm_node": node_command("sim_arm_node", sim_p, [_config_file("sim.yaml")],
-                                             params_path=logs / "sim_arm_node.params.yaml"),
-                "agent_node": node_command("agent_node", agent_p, [_config_file("agent.yaml"), demo_cfg],
-                                           params_path=logs / "agent_node.params.yaml")}
+    sources = {"sim_arm_node": ([_config_file(f"sim_{args.arm}.yaml" if site else "sim.yaml")], sim_p),
+               "agent_node": ([_config_file("agent.yaml"), demo_cfg], agent_p)}
     if finetune:  # a fresh store and learner per run (the learner would resume from its checkpoint)
         shutil.rmtree(out / "replay", ignore_errors=True)
         shutil.rmtree(out / "bundles", ignore_errors=True)
-        # on one small machine the real-time loop (sim + agent) goes first, the learner takes what is left
-        commands["finetune_node"] = niced(node_command("finetune_node", ft_p, [_config_file("finetune.yaml"),
-                                                                              demo_cfg],
-                                                       params_path=logs / "finetune_node.params.yaml"))
+        sources["finetune_node"] = ([_config_file("finetune.yaml"), demo_cfg], ft_p)
+    try:
+        commands = {n: node_command(n, values, files, params_path=logs / f"{n}.params.yaml")
+                    for n, (files, values) in sources.items()}
+    except ConfigError as exc:
+        print(f"wsa demo: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if finetune:  # on one small machine the real-time loop (sim + agent) goes first, the learner takes what is left
+        commands["finetune_node"] = niced(commands["finetune_node"])
+    parameters = {n: {"files": [str(f) for f in files if f], "merged": str(logs / f"{n}.params.yaml")}
+                  for n, (files, _v) in sources.items()}
 
     from wsa_ros.ros.monitor import MIN_ACTIONS, Monitor, RosSession  # rclpy stays in ros/
 
@@ -786,7 +884,7 @@ def main(argv=None) -> int:
     if args.eval_episodes > 0 and code != EXIT_INTERRUPTED:
         try:
             offline = offline_check(bundle_path, fresh.get("bc_bundle"), final_bundle, args.eval_episodes,
-                                    image_size, steps)
+                                    image_size, steps, arm=args.arm)
         except Exception as exc:  # noqa: BLE001 - the run's record is still written
             print(f"wsa demo: warning: offline check failed: {exc}", file=sys.stderr)
 
@@ -798,12 +896,14 @@ def main(argv=None) -> int:
     summary = summarize(episodes, alpha_all, names, args.window)
     info = {"bundle": str(bundle_path), "bundle_name": bundle.name, "bundle_version": bundle.version,
             "alpha_names": names, "finetune": finetune, "real_time_factor": args.real_time_factor,
-            "start": args.start, "shipped_bundle": str(shipped_path), "fresh_start": fresh,
+            "start": args.start, "arm": args.arm, "robot": str(robot_file) if robot_file else None,
+            "shipped_bundle": str(shipped_path), "fresh_start": fresh,
             "domain_id": domain, "wall_s": wall, "exit_codes": exit_codes, "failed_child": failed_child,
             "failure": failure, "execution_provider": mon.agent_diag.get("execution_provider") if session else None,
             "sim": mon.sim_diag if session else {}, "finetune_status": mon.finetune_status if session else {},
             "build_eval": _build_eval(bundle), "agent_reenabled_after_trips": mon.reenables if session else [],
-            "commands": {k: " ".join(v) for k, v in commands.items()}, "summary": summary, "offline_check": offline,
+            "commands": {k: " ".join(v) for k, v in commands.items()}, "parameters": parameters,
+            "summary": summary, "offline_check": offline,
             "learner": learner_rate(mon.learner_trace if session else [])}
     with open(out / "episodes.csv", "w", encoding="utf-8") as f:
         f.write("episode,sim_episode,wall_s,counted,return,success,reached,final_distance,steps,commanded_steps,"

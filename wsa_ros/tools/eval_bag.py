@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("bag", help="bag folder or .mcap/.db3 file")
     ap.add_argument("--bundle", default=None, help="bundle folder (default: the config's, else models/default)")
     ap.add_argument("--config", default=None, help="agent config YAML (config/agent.yaml): topics, rate, providers")
+    ap.add_argument("--robot", default=None,
+                    help="robot description YAML (config/robots/*.yaml): its camera, joint-state and command "
+                         "topics and control rate, over the config's (the flags below override both)")
     ap.add_argument("--camera-topics", nargs="+", default=None, help="one topic per bundle camera, in order")
     ap.add_argument("--joint-states-topic", default=None)
     ap.add_argument("--command-topic", default=None, help="recorded commands to compare with ('' = none)")
@@ -396,11 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from wsa_ros.runtime.bundle import BundleError, load_bundle
-    from wsa_ros.config import AgentConfig, ConfigError, load, resolve_bundle
+    from wsa_ros.config import AgentConfig, ConfigError, load, load_robot, resolve_bundle, robot_agent_params
     from wsa_ros.runtime.engine import Engine, EngineError
 
     try:
         cfg = load(args.config, AgentConfig) if args.config else AgentConfig()
+        if args.robot:  # the arm's topics and rate, as the launch file's robot:= gives them to the agent
+            cfg = dataclasses.replace(cfg, **robot_agent_params(load_robot(args.robot)))
         bundle = resolve_bundle(args.bundle if args.bundle is not None else cfg.bundle)
         providers = args.providers.split(",") if args.providers else list(cfg.providers)
         cam_topics = args.camera_topics or list(cfg.camera_topics)

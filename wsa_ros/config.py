@@ -251,6 +251,12 @@ class FinetuneConfig:
     push: bool = param(True, "Ask the agents to swap in each validated bundle.")
     push_timeout_s: float = param(10.0, "An agent that has not answered a push by then is logged as failed.",
                                   0.1, 600.0)
+    gate_episodes: int = param(
+        0, "Keep the best policy acting (wsa_ros/learn/gate.py): each pushed policy runs at least this many "
+        "episodes of its own before the next push; one whose live success rate is below the best judged "
+        "version's by more than gate_margin is replaced by that version. 0 = push every validated export "
+        "at once.", 0, 10**6)
+    gate_margin: float = param(0.15, "Success-rate drop that sends the agents back to the best version.", 0.0, 1.0)
     checkpoint_period_s: float = param(30.0, "Learner checkpoint period (also at every export).", 1.0, 86400.0)
     log_every_updates: int = param(100, "A CSV row of losses every N updates.", 1, 10**6)
     status_period_s: float = param(1.0, "Period of ~/status (std_msgs/String, JSON).", 0.1, 60.0)

@@ -266,10 +266,10 @@ def test_demo_arm7_site_workflow_from_a_recorded_bag(tmp_path):
     from wsa_ros.sim.arm7 import JOINT_NAMES
 
     out = tmp_path / "demo"
-    r = _demo(["--arm", "arm7", "--demo-episodes", "3", "--build-args", "--tiny --image-size 48 --bc-steps 200",
-               "--episodes", "3", "--out", str(out), "--domain-id", "94", "--eval-episodes", "2",
+    r = _demo(["--arm", "arm7", "--demo-episodes", "4", "--build-args", "--tiny --image-size 48 --bc-steps 200",
+               "--minutes", "0.5", "--out", str(out), "--domain-id", "94", "--eval-episodes", "2",
                "--param", "sim.max_episode_steps=20", "--param", "sim.image_size=48", "--param", "agent.providers=[cpu]",
-               "--param", "finetune.learner.warmup_transitions=1000000"], tmp_path, timeout=400)
+               "--param", "finetune.learner.warmup_transitions=1000000", "--keep-replay"], tmp_path, timeout=400)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     info = json.loads((out / "summary.json").read_text())
     b = load_bundle(out / "bundle")
@@ -286,5 +286,10 @@ def test_demo_arm7_site_workflow_from_a_recorded_bag(tmp_path):
     assert counted and all(int(row[9]) >= 0.9 * int(row[8]) for row in counted)  # the agent commanded the arm
     assert set(info["summary"]["alpha"]["encoders"]) == {"kp_scene", "kp_wrist"}
     assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["bc"]["episodes"] == 2
-    st = info["finetune_status"]  # the learner's last status: the arm's own transitions and the bag's demonstrations
-    assert st["online"] > 0 and st["demos"] == 3 * 20, st
+    from wsa_ros.learn.store import ReplayStore
+    from wsa_ros.learn.transitions import TransitionSpec
+
+    spec = TransitionSpec.from_bundle(b)  # the arm's own transitions, and the bag's demonstrations
+    assert ReplayStore(out / "replay", spec.schema(), spec.fingerprint(), readonly=True).count > 0
+    assert ReplayStore(Path(info["fresh_start"]["store"]), spec.schema(), spec.fingerprint(),
+                       readonly=True).count == 4 * 20

@@ -141,3 +141,24 @@ def test_the_seven_joint_arm_with_two_cameras_from_its_own_bag(tmp_path):
     rows = eval_bag.read_table(ev / "steps.csv")
     assert abs(len(rows) - 4 * 20) <= 4, len(rows)  # 20 Hz ticks over 4 x 20 frames at 20 Hz
     assert {f"action_{j}" for j in robot.joint_names} <= set(rows[0]) and "recorded_r_elbow_flex_joint" in rows[0]
+
+
+def test_screening_keeps_the_model_that_predicts_the_commands(bag, tmp_path):
+    """--screen: a backbone that sees nothing (a constant output) beside the trained keypoints is
+    screened out by the probe on the training episodes; the bundle fuses only what was kept."""
+    import torch
+
+    class Blind(torch.nn.Module):
+        def forward(self, x):  # uint8 NHWC -> 8 values that never change
+            return x[:, :1, :1, :1].float().reshape(-1, 1).repeat(1, 8) * 0.0 + 1.0
+
+    blind = tmp_path / "blind.onnx"
+    torch.onnx.export(Blind(), (torch.zeros(1, 48, 48, 3, dtype=torch.uint8),), str(blind), input_names=["image"],
+                      output_names=["embedding"], dynamic_axes={"image": {0: "n"}, "embedding": {0: "n"}}, dynamo=False)
+    out = tmp_path / "bundle"
+    assert build_main(["--from-bags", str(bag), "--robot", str(ROBOT), "--out", str(out), *TINY,
+                       "--onnx-encoder", f"blind={blind}@front", "--screen"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["screen"]["kept"] == ["kp_front"], rep["screen"]
+    assert rep["screen"]["r2_test"]["kp_front"] > rep["screen"]["r2_test"]["blind"]
+    assert {e.name for e in load_bundle(out).encoders if e.role == "feature"} == {"kp_front"}

@@ -467,3 +467,23 @@ def test_import_demos_from_bags(tmp_path, tiny_bundle, storage):
     # a bag without the reward topic is a clear error
     assert main([str(bag), "--out", str(tmp_path / "d3"), "--bundle", str(tiny_bundle),
                  "--reward-topic", "/nope"]) == 1
+
+
+def test_each_episode_names_the_policy_versions_that_acted_in_it():
+    """What the policy gate judges versions on: an episode after a swap names both versions,
+    the next only the new one; a late record on a finished episode's final frame is not counted."""
+    r = Robot()
+    for k in range(3):
+        r.tick(k, version="1")
+    for k in range(3, 5):
+        r.tick(k, version="1+ft1")
+    r.now += 20 * MS
+    r.obs(5)
+    r.asm.add_success(r.now, True)
+    r.asm.add_episode_end(r.now, "truncated")
+    r.act(5, version="1")  # late, on the final frame
+    for k in range(6, 9):
+        r.tick(k, version="1+ft1")
+    r.asm.add_episode_end(r.now, "terminated")
+    eps = r.asm.take_episodes()
+    assert [(e.index, e.versions, e.success) for e in eps] == [(0, ("1", "1+ft1"), 1), (1, ("1+ft1",), -1)]

@@ -103,6 +103,13 @@ class OnlineLearner:
         self.last_export: dict = {}
         self.version_pushed = ""
         self.episodes_seen = 0
+        self.gate = None  # keep the best policy acting (wsa_ros.learn.gate), when gate_episodes > 0
+        if cfg.gate_episodes > 0:
+            from wsa_ros.learn.gate import PolicyGate
+
+            self.gate = PolicyGate(cfg.gate_episodes, cfg.gate_margin)
+            self.gate.start(b.version, str(resolve_bundle(cfg.bundle)))
+        self._gate_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._guard, args=(self._ingest_loop,), name="ingest", daemon=True),
                          threading.Thread(target=self._guard, args=(self._train_loop,), name="train", daemon=True)]
 
@@ -161,6 +168,13 @@ class OnlineLearner:
             for ep in episodes:
                 self.episodes_seen += 1
                 self.trainer.episode(ep)
+                if self.gate is not None:
+                    with self._gate_lock:
+                        was, back = self.gate.current, self.gate.rollbacks
+                        push = self.gate.episode(ep.versions, ep.success)
+                    if push is not None:  # a return to the best version, or the held export's turn
+                        self._push_now(*push, why=f"gate: {was} judged on its episodes"
+                                       if self.gate.rollbacks > back else "")
 
     # ================================================================== training thread
     def _drain(self) -> int:
@@ -232,16 +246,38 @@ class OnlineLearner:
                 return
             self.ingest.count("exports_valid")
             self.log(f"exported {version}: {rep.summary()}")
-            if self.cfg.push and self.push_fn is not None:
-                self.push_fn(version, self.agent_path(path))
+            if self.gate is None:
+                self._push_now(version, str(path))
+            else:
+                with self._gate_lock:
+                    push = self.gate.offer(version, str(path))
+                if push is None:
+                    self.log(f"{version} held: {self.gate.current} has run {self.gate.since_push} of the "
+                             f"{self.gate.window} episodes it is judged on")
+                else:
+                    self._push_now(*push)
         finally:
             self.exporting.clear()
+
+    def _push_now(self, version: str, path: str, why: str = "") -> None:
+        if why:
+            g = self.gate.summary()["versions"]
+            self.log(f"{why}: success {g}; back to {version}")
+            self.ingest.count("gate_rollbacks")
+        elif self.gate is not None:
+            self.log(f"gate: pushing {version}")
+        if self.cfg.push and self.push_fn is not None:
+            self.push_fn(version, self.agent_path(Path(path)))
 
     def agent_path(self, path: Path) -> str:
         """Where the agents see an exported bundle (``agent_bundle_root``)."""
         if not self.cfg.agent_bundle_root:
             return str(path)
-        return str(Path(self.cfg.agent_bundle_root) / Path(path).relative_to(self.trainer.out_dir))
+        try:
+            rel = Path(path).relative_to(self.trainer.out_dir)
+        except ValueError:  # not an export (the gate's return to the starting bundle): the agents' own path
+            return str(path)
+        return str(Path(self.cfg.agent_bundle_root) / rel)
 
     def push_sent(self, agent: str, version: str) -> dict:
         rec = {"agent": agent, "version": version, "sent": time.time(), "done": None, "ok": None, "reason": ""}
@@ -284,6 +320,7 @@ class OnlineLearner:
             "pushes": self.pushes[-3:], "episodes": self.episodes_seen,
             "success_rate_20": float(np.mean(tr.episode_window)) if tr.episode_window else None,
             "temperature": tr.last_metrics.get("temperature"), "loss_critic": tr.last_metrics.get("loss_critic"),
+            "gate": self.gate.summary() if self.gate is not None else None,
         }
 
     # ================================================================== shutdown

@@ -246,6 +246,7 @@ class Episode:
     ret: float
     success: int  # -1 unknown
     end_ns: int
+    versions: tuple = ()  # the policy versions whose actions this episode recorded
 
 
 # =============================================================================== assembly
@@ -332,6 +333,7 @@ class Assembler:
         self._ep_return = 0.0
         self._ep_success = -1
         self._ep_steps = 0
+        self._ep_versions: set = set()
         self.rejected: collections.Counter = collections.Counter()
         self.last_reject: dict[str, str] = {}
         self.accepted = 0
@@ -430,6 +432,7 @@ class Assembler:
         step = _Step(recv_ns, stamp_ns, str(version), action, pol, intervention, self._episode, self._step_in_episode)
         self._step_in_episode += 1
         self._ep_steps += 1
+        self._ep_versions.add(step.version)
         self._pending.append(step)
         self._open = step
 
@@ -471,11 +474,12 @@ class Assembler:
         if newest is not None:
             self._ended_frame_ns = max(self._ended_frame_ns, newest)
         self.episodes.append(Episode(self.source, self._episode, kind, self._ep_steps, self._ep_return,
-                                     self._ep_success, recv_ns))
+                                     self._ep_success, recv_ns, tuple(sorted(self._ep_versions))))
         self._open = None
         self._episode += 1
         self._step_in_episode = 0
         self._ep_return, self._ep_success, self._ep_steps = 0.0, -1, 0
+        self._ep_versions = set()
 
     # ------------------------------------------------------------------ resolution
     def _observe(self, stamp_ns: int) -> _Obs | str | None:

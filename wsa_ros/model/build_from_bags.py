@@ -63,6 +63,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--holdout", type=float, default=0.2, help="fraction of episodes held out for validation [%(default)s]")
     g.add_argument("--max-frames", type=int, default=6000, help="frames per camera for encoder training [%(default)s]")
     g.add_argument("--ignore-health", action="store_true", help="build even when the health report has errors")
+    g.add_argument("--screen", action="store_true",
+                   help="screen the fused models first (`wsa screen`'s greedy ridge probe of the recorded commands "
+                        "on the training episodes, wsa_ros/tools/screen.py) and keep only the recommended set")
     g.add_argument("--episode-steps", type=int, default=0,
                    help="split a recording without episode-end messages into episodes of N commands [whole bag]")
 
@@ -258,9 +261,12 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
         store.close()
         arr = store.read()
         n = len(arr["reward"])
-        if n < 2 * args.bc_batch // 4:
-            raise BuildError(f"only {n} usable observation-command pairs in the recordings (rejected: "
-                             f"{[r['rejected'] for r in per_bag]}); record more or fix the topics the robot file names")
+        need = 2 * args.bc_batch // 4
+        if n < need:
+            rejected = {k: v for r in per_bag for k, v in (r["rejected"] or {}).items()}
+            raise BuildError(f"only {n} usable observation-command pairs in the recordings, at least {need} needed "
+                             f"(half a --bc-batch of {args.bc_batch}); rejected: {rejected or 'none'}; record more "
+                             "(or a smaller --bc-batch), or fix the topics the robot file names")
         timings["observations_s"] = round(time.time() - t, 1)
 
         # 5. behaviour cloning, whole episodes held out
@@ -278,9 +284,12 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
         std = np.maximum(raw_p.std(axis=0), 1e-3) if dim else None
         proprio = (ProprioSpec(list(robot.joint_names), fields, [round(float(x), 6) for x in mean],
                                [round(float(x), 6) for x in std]) if dim else None)
+        tr = np.nonzero(~is_held)[0]
+        screened = None
+        if args.screen:  # keep the fused models that predict the recorded commands (never the held-out episodes)
+            sources, screened = screen_sources(sources, arr, tr, keys, args.seed, log)
         policy = FusionPolicy.from_config(head(sources, shapes))
         names = [src.name for src in sources]
-        tr = np.nonzero(~is_held)[0]
         E = {k: torch.from_numpy(arr[f"obs.{k}"][tr]) for k in names}
         P = torch.from_numpy(((arr["obs.proprio"][tr] - mean) / std).astype(np.float32)) if dim else None
         t = time.time()
@@ -300,6 +309,7 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
             "robot": robot.name, "bags": [str(b) for b in bags], "health": health.summary(),
             "frames": {c: int(len(f)) for c, f in frames.items()}, "observation_pairs": int(n),
             "import": per_bag, "encoders": enc_stats, "bc": bc, "heldout": held_report, "timings": timings,
+            "screen": screened,
         }
         report = _plain(report)
         (work / "report.json").write_text(json.dumps(report, indent=1))
@@ -310,7 +320,7 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
         export_bundle(tmp_out, policy, sources, action, proprio, name=robot.name or "robot", version=args.version,
                       recipe=_plain(recipe), extra_files={"report.json": work / "report.json"})
         idx = np.nonzero(is_held)[0][:256]
-        hold = {e.name: arr[f"obs.{e.name}"][idx] for e in provisional.encoders}
+        hold = {name: arr[f"obs.{name}"][idx] for name in names}
         if dim:
             hold["proprio"] = arr["obs.proprio"][idx]
         rep = validate_bundle(tmp_out, load_bundle(tmp_out), hold, policy=policy)
@@ -327,6 +337,39 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def screen_sources(sources: list, arr: dict, train_idx: np.ndarray, episode_keys: np.ndarray, seed: int,
+                   log) -> tuple[list, dict]:
+    """``--screen``: the greedy probe of ``wsa screen`` (ridge, recorded commands as the target)
+    over the fused ("feature") models' embeddings of the training episodes, split by whole
+    episodes into probe-train / validation / test; returns the sources with only the
+    recommended feature models (the context encoder stays) and the screening's record."""
+    from wsa_ros.tools.screen import blas_threads, greedy_selection, probe_scores
+
+    feats = [s for s in sources if s.role == "feature"]
+    if len(feats) < 2:
+        log(f"screen: one fused model ({feats[0].name}): nothing to choose")
+        return sources, {"kept": [s.name for s in feats], "note": "one fused model"}
+    eps = sorted(set(episode_keys[train_idx].tolist()))
+    if len(eps) < 3:
+        raise BuildError(f"--screen needs at least 3 training episodes (train / validation / test), got {len(eps)}")
+    order = np.random.default_rng(seed).permutation(len(eps))
+    n_te = n_va = max(1, len(eps) // 5)
+    part = {eps[i]: ("test" if k < n_te else "val" if k < n_te + n_va else "train") for k, i in enumerate(order)}
+    which = np.array([part[k] for k in episode_keys[train_idx]])
+    tr, va, te = (np.nonzero(which == w)[0] for w in ("train", "val", "test"))
+    y = arr["action"][train_idx].astype(np.float64)
+    embs = {s.name: arr[f"obs.{s.name}"][train_idx].reshape(len(train_idx), -1).astype(np.float64) for s in feats}
+    with blas_threads(1):
+        single = {n: probe_scores("ridge", e, y, tr, va, te, seed)[1] for n, e in embs.items()}
+        steps = greedy_selection(embs, y, tr, va, te, "ridge", max_set=len(feats), min_gain=0.01, seed=seed)
+    kept = steps[-1]["set"] if steps else [max(single, key=single.get)]
+    log("screen: R² of the recorded commands (test episodes) " + ", ".join(f"{n} {r:.3f}" for n, r in single.items())
+        + f"; keeping {kept}")
+    out = [s for s in sources if s.role != "feature" or s.name in kept]
+    return out, {"r2_test": single, "selection": steps, "kept": kept,
+                 "split_frames": {"train": int(len(tr)), "val": int(len(va)), "test": int(len(te))}}
 
 
 def heldout_error(policy, arr: dict, is_held: np.ndarray, spec, mean, std, names: list[str]) -> dict:

@@ -93,7 +93,12 @@ class AgentNode(Node):
             f"{self.get_name()}_rt", namespace=self.get_namespace(), context=self.context,
             use_global_arguments=False, start_parameter_services=False,
             parameter_overrides=[Parameter("use_sim_time", value=bool(self.get_parameter("use_sim_time").value))])
-        self.core = AgentCore(cfg, None, self.get_logger())
+        try:
+            self.core = AgentCore(cfg, None, self.get_logger())
+        except BaseException:  # a bundle it cannot run: release both nodes before the error ends the process
+            self.rt.destroy_node()
+            self.destroy_node()
+            raise
         self.core.sink = _Outputs(self, self.rt)
         rt, core = self.rt, self.core
         sensor = dict(reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability)

@@ -585,10 +585,10 @@ class _Joints:
             if lim and pj["outside"]:
                 parts = []
                 if self.below[i]:  # by how much: a joint pressed against its stop is a few 1e-4 rad past it
-                    parts.append(f"down to {pj['min']:.6g} ({pj['lower'] - pj['min']:.2g} below position_lower "
+                    parts.append(f"down to {pj['min']:.4g} ({pj['lower'] - pj['min']:.2g} below position_lower "
                                  f"{pj['lower']:g})")
                 if self.above[i]:
-                    parts.append(f"up to {pj['max']:.6g} ({pj['max'] - pj['upper']:.2g} above position_upper "
+                    parts.append(f"up to {pj['max']:.4g} ({pj['max'] - pj['upper']:.2g} above position_upper "
                                  f"{pj['upper']:g})")
                 issues.warn(f"joint '{j}' reaches " + " and ".join(parts) + f" rad ({pj['outside']} of {self.n} "
                             "joint states outside the robot file's limits)")

@@ -314,7 +314,13 @@ def summary_markdown(info: dict) -> str:
         f"real-time factor target {info['real_time_factor']:g}",
         f"- bundle: `{info['bundle']}`; encoders (alpha order): {', '.join(info['alpha_names'])}"]
     fr = info.get("fresh_start") or {}
-    if fr:
+    if fr and fr.get("build_report") is not None:  # --arm: the site workflow
+        bag = fr["bag"]
+        lines.append(f"- start: the bundle `wsa build-bundle --from-bags` made from a rosbag of {bag['episodes']} "
+                     f"scripted-expert episodes of {bag['arm']} (`{bag['path']}`, their success "
+                     f"{_fmt(bag['success_rate'])}; build {fr.get('build_s')} s): behaviour cloning on them, then "
+                     f"fine-tuned by SAC with the same demonstrations (`wsa import-demos`) in every batch")
+    elif fr:
         bag = fr["bag"]
         lines.append(f"- start: **a new, untrained policy head** (version 0) on the frozen encoders of "
                      f"`{info['shipped_bundle']}`; the fine-tuner learned from a demonstration rosbag of "
@@ -325,7 +331,8 @@ def summary_markdown(info: dict) -> str:
         lines.append("- start: the bundle's own (behaviour-cloned) policy, fine-tuned by SAC near it")
     if s["episodes"]:
         lines += [
-            f"- success (fingertip within 2 cm of the target at the last step): **{_fmt(s['success_rate'])}** "
+            f"- success (fingertip within {SUCCESS_CM.get(info.get('arm') or 'reacher', '?')} cm of the target at the "
+            f"last step): **{_fmt(s['success_rate'])}** "
             f"overall; first {n_early} episodes **{_fmt(s['success_early'])}** -> last {n_early} "
             f"**{_fmt(s['success_late'])}** (change {_fmt(s['success_change'], '+.2f')} "
             f"+- {_fmt(s['success_change_stderr'])} s.e.; trend {_fmt(s['success_slope_per_100_episodes'], '+.2f')} "
@@ -408,7 +415,7 @@ def offline_lines(oc: dict, bold: bool = False) -> list[str]:
     if oc.get("final"):
         parts.append(f"final policy v{oc['final']['version']} {b}{_fmt(oc['final']['success_final'])}{b}")
     else:
-        parts.append("no new policy was pushed during the run")
+        parts.append(oc.get("final_note") or "no new policy was pushed during the run")
     out = [f"offline check, success on the same {st['episodes']} held-out episodes (synchronous, no load): "
            + "; ".join(parts)]
     for ref, label in (("bc", "behaviour cloning"), ("start", "the starting policy")):
@@ -609,6 +616,7 @@ def prepare_fresh_start(bundle, out: Path, seed: int, episodes: int, steps: int,
 
 #: --arm: the simulated arms, each with config/robots/<arm>.yaml; episode length in steps (bag, live, offline)
 ARM_EPISODE_STEPS = {"reacher": 100, "arm7": 60}
+SUCCESS_CM = {"reacher": 2, "arm7": 5}  # each sim's success radius
 
 
 def prepare_site_start(arm: str, robot_file: Path, out: Path, seed: int, episodes: int, steps: int, image_size: int,
@@ -880,6 +888,9 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------ offline paired check
     final_bundle = (mon.agent_diag.get("bundle") if session else "") or str(bundle_path)
+    gate = (mon.finetune_status.get("gate") if session else None) or {}
+    if gate.get("champion_path"):  # the learner's policy gate: the best version judged live, not a candidate on trial
+        final_bundle = gate["champion_path"]
     offline = {}
     if args.eval_episodes > 0 and code != EXIT_INTERRUPTED:
         try:
@@ -887,6 +898,13 @@ def main(argv=None) -> int:
                                     image_size, steps, arm=args.arm)
         except Exception as exc:  # noqa: BLE001 - the run's record is still written
             print(f"wsa demo: warning: offline check failed: {exc}", file=sys.stderr)
+        if offline and "final" not in offline and gate.get("champion"):
+            tried = {v: d for v, d in gate.get("versions", {}).items() if v != gate["champion"]}
+            offline["final_note"] = (
+                f"final policy = the starting one: the learner's policy gate kept v{gate['champion']} "
+                f"(live success {gate['versions'][gate['champion']]['success_rate']}) over the {len(tried)} "
+                "fine-tuned version(s) it tried (" + ", ".join(f"v{v} {d['success_rate']}" for v, d in tried.items())
+                + ")") if tried else ""
 
     # ------------------------------------------------------------------ outputs
     from wsa_ros.tools.plots import alpha_episode_plot, success_rate_plot

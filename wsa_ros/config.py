@@ -96,6 +96,14 @@ class AgentConfig:
         0.5, "After enabling, fade the command in from the stop command (measured pose / zero "
         "velocity) over this many seconds; 0 disables.", 0.0, 60.0)
     start_enabled: bool = param(False, "Start acting immediately instead of waiting for ~/enable.")
+    trusted_keys: list[str] = param(
+        [], "Public keys (PEM files from `wsa keygen`) whose signatures let a bundle act. With any key given, "
+        "every bundle (start-up, the bundle parameter, ~/reload, a swap) must carry a valid signature by one "
+        "of them, unless unsigned and allow_unsigned.")
+    allow_unsigned: bool = param(
+        True, "Accept bundles without a signature (the shipped default and the demo). On a robot: false, with "
+        "trusted_keys naming the learner's public key; an unsigned, unknown-key or altered bundle is then "
+        "refused and the running policy keeps acting.")
     teleop_topic: str = param(
         "/wsa/teleop", "Teleoperation input (sensor_msgs/JointState: name + position = the command in the "
         "action's joint units). While one arrived within teleop_timeout_s, it is sent instead of the "
@@ -251,6 +259,9 @@ class FinetuneConfig:
     push: bool = param(True, "Ask the agents to swap in each validated bundle.")
     push_timeout_s: float = param(10.0, "An agent that has not answered a push by then is logged as failed.",
                                   0.1, 600.0)
+    signing_key: str = param(
+        "", "Private key file (`wsa keygen`; mode 600) that signs each validated export (manifest.sig) before "
+        "it is pushed; empty = exports unsigned.")
     gate_episodes: int = param(
         0, "Keep the best policy acting (wsa_ros/learn/gate.py): each pushed policy runs at least this many "
         "episodes of its own before the next push; one whose live success rate is below the best judged "

@@ -249,11 +249,23 @@ def _bad_records(env: Environment):
 
 
 def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
+    """... and signed: the agent acts only on bundles signed by the learner's key (allow_unsigned
+    false); the learner signs each validated export, so its pushes are taken."""
+    import shutil
+
+    from wsa_ros.runtime.signing import generate_keypair, sign_bundle
+
     store_dir, out_dir = tmp_path / "store", tmp_path / "out"
-    agent_params = dict(bundle=str(tiny_bundle), providers=["cpu"], camera_topics=[CAM], joint_states_topic=JS,
+    priv, pub = tmp_path / "keys" / "learner.key", tmp_path / "keys" / "learner.pub"
+    generate_keypair(priv, pub)
+    start = shutil.copytree(tiny_bundle, tmp_path / "start")
+    sign_bundle(start, priv)
+    agent_params = dict(bundle=str(start), providers=["cpu"], camera_topics=[CAM], joint_states_topic=JS,
                         control_rate_hz=30.0, max_obs_age_s=0.5, blend_in_s=0.0, max_rate=0.0,
-                        trigger="camera", start_enabled=True, diagnostics_period_s=0.5)
-    ft_params = dict(bundle=str(tiny_bundle), store_dir=str(store_dir), out_dir=str(out_dir), namespaces=["", "/r2"],
+                        trigger="camera", start_enabled=True, diagnostics_period_s=0.5,
+                        trusted_keys=[str(pub)], allow_unsigned=False)
+    ft_params = dict(bundle=str(start), store_dir=str(store_dir), out_dir=str(out_dir), namespaces=["", "/r2"],
+                     signing_key=str(priv),
                      camera_topics=[CAM], joint_states_topic=JS, reward_topic=REWARD, episode_end_topic=END,
                      providers=["cpu"], export_every_updates=80, holdout_every=5, checkpoint_period_s=1.0,
                      status_period_s=0.2, log_every_updates=20,
@@ -283,6 +295,7 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
         assert pushed.startswith("1+ft")
         wait_for(lambda: any(r.header.frame_id == pushed for _, r in peer.snapshot("records")), 20,
                  f"the agent acting with policy {pushed}")
+        assert (out_dir / f"tiny-{pushed}" / "manifest.sig").is_file()  # signed, or the agent would have refused it
         assert any(p["agent"] == "/r2/agent_node" and p["ok"] is False and "not available" in p["reason"]
                    for p in status()["pushes"])  # a missing agent is logged, not fatal
         _bad_records(env)

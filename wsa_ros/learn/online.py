@@ -103,6 +103,11 @@ class OnlineLearner:
         self.last_export: dict = {}
         self.version_pushed = ""
         self.episodes_seen = 0
+        self.signing_key = None  # signs each validated export (manifest.sig) when signing_key is set
+        if cfg.signing_key:
+            from wsa_ros.runtime.signing import load_private_key
+
+            self.signing_key = load_private_key(Path(cfg.signing_key).expanduser())
         self.gate = None  # keep the best policy acting (wsa_ros.learn.gate), when gate_episodes > 0
         if cfg.gate_episodes > 0:
             from wsa_ros.learn.gate import PolicyGate
@@ -245,7 +250,14 @@ class OnlineLearner:
                 self.ingest.count("exports_rejected")
                 return
             self.ingest.count("exports_valid")
-            self.log(f"exported {version}: {rep.summary()}")
+            if self.signing_key is not None:
+                from wsa_ros.runtime.signing import sign_bundle
+
+                sig = sign_bundle(path, self.signing_key)
+                rep_sig = f"; signed by key {sig.key_id}, manifest sha256 {sig.manifest_sha256[:12]}"
+            else:
+                rep_sig = ""
+            self.log(f"exported {version}: {rep.summary()}{rep_sig}")
             if self.gate is None:
                 self._push_now(version, str(path))
             else:

@@ -34,12 +34,13 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from wsa_ros.config import AgentConfig, resolve_bundle
-from wsa_ros.runtime.bundle import BundleError, compatible_with, load_bundle
+from wsa_ros.runtime.bundle import Bundle, BundleError, compatible_with, load_bundle
 from wsa_ros.runtime.engine import Engine, EngineError, PolicyOutputError
 from wsa_ros.runtime.images import ImageError
 from wsa_ros.runtime.observation import JOINTS, FrameSample, JointReader, JointRejected, JointSample, Observation, \
@@ -100,6 +101,9 @@ class AgentCore:
         self._closed = False
 
         # ---------------------------------------------------------------- policy
+        from wsa_ros.runtime.signing import load_public_keys
+
+        self._trusted = load_public_keys(cfg.trusted_keys)  # a bad key file stops the start, named
         path = resolve_bundle(cfg.bundle)
         self.engine = self._build_engine(path)
         self.engine_path = str(path)
@@ -149,8 +153,20 @@ class AgentCore:
 
     # ================================================================== set-up
     def _build_engine(self, path) -> Engine:
+        """Every route a policy takes to act (start-up, the bundle parameter, ~/reload, a swap)
+        passes here: the signature first (trusted_keys / allow_unsigned), then the sessions."""
+        from wsa_ros.runtime.signing import SignatureError, verify_bundle
+
         c = self.cfg
+        root = path.root if isinstance(path, Bundle) else Path(resolve_bundle(str(path)))
+        root = root if root.is_dir() else root.parent  # the bundle folder, or its manifest.yaml
+        try:
+            sig = verify_bundle(root, self._trusted, allow_unsigned=c.allow_unsigned)
+        except SignatureError:
+            self.counters["signature_rejected"] += 1
+            raise
         eng = Engine(path, providers=c.providers, threads=c.intra_op_threads, warmup=True, cache_dir=c.trt_cache_dir)
+        eng.signature = sig
         if c.exploration_sample and not eng.has_log_std:
             self.log.warning(f"{path}: policy.onnx has no log_std output (exported before it existed), so "
                              f"exploration_sample cannot sample from it; exploring with exploration_std "
@@ -498,6 +514,8 @@ class AgentCore:
             ("policy_version", eng.version), ("policy_name", eng.bundle.name), ("bundle", self.engine_path),
             ("previous_version", self.previous[0].version if self.previous else ""),
             ("execution_provider", eng.provider), ("last_swap", self.last_swap),
+            ("policy_manifest_sha256", eng.signature.manifest_sha256),
+            ("policy_signed_by", eng.signature.key_id or "unsigned"),
             ("trigger", self.cfg.trigger), ("sync", self.cfg.sync),
             ("control_rate_target_hz", f"{self.cfg.control_rate_hz:g}"),
             ("action_rate_hz", f"{(self.actions - act_prev) / span:.1f}"),

@@ -18,7 +18,47 @@ COMMANDS = {
     "import-demos": ("wsa_ros.learn.demos:main", "import rosbag demonstrations into a demonstration store"),
     "bag-health": ("wsa_ros.tools.bag_health:main", "recordings vs a robot file: rates, gaps, stamps, pairing"),
     "demo": ("wsa_ros.tools.demo:main", "the main job: simulated arm + agent + fine-tuner over ROS on localhost"),
+    "keygen": ("wsa_ros.tools.cli:keygen", "make an Ed25519 key pair for signing bundles (private key mode 0600)"),
+    "sign-bundle": ("wsa_ros.tools.cli:sign_bundle", "sign a bundle's manifest with a private key (manifest.sig)"),
 }
+
+
+def keygen(argv=None) -> int:
+    import argparse
+
+    from wsa_ros.runtime.signing import SignatureError, generate_keypair
+
+    ap = argparse.ArgumentParser(prog="wsa keygen", description=COMMANDS["keygen"][1])
+    ap.add_argument("--private", required=True, help="private key file to create (PEM; kept by the learner only)")
+    ap.add_argument("--public", required=True, help="public key file to create (PEM; give it to the robots)")
+    args = ap.parse_args(argv)
+    try:
+        kid = generate_keypair(args.private, args.public)
+    except (SignatureError, OSError) as exc:
+        print(f"wsa keygen: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"key {kid}: private {args.private} (mode 600), public {args.public}")
+    return 0
+
+
+def sign_bundle(argv=None) -> int:
+    import argparse
+
+    from wsa_ros.runtime.bundle import BundleError, load_bundle
+    from wsa_ros.runtime.signing import sign_bundle as sign
+
+    ap = argparse.ArgumentParser(prog="wsa sign-bundle", description=COMMANDS["sign-bundle"][1])
+    ap.add_argument("bundle", help="bundle folder (its hashes are checked first)")
+    ap.add_argument("--key", required=True, help="private key file (`wsa keygen`)")
+    args = ap.parse_args(argv)
+    try:
+        b = load_bundle(args.bundle)  # never sign what does not match its own manifest
+        info = sign(b.root, args.key)
+    except (BundleError, OSError) as exc:
+        print(f"wsa sign-bundle: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"signed {b.root} ({b.name} v{b.version}) with key {info.key_id}: manifest sha256 {info.manifest_sha256}")
+    return 0
 
 
 def check_bundle(argv=None) -> int:

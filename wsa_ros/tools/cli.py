@@ -23,15 +23,21 @@ COMMANDS = {
 }
 
 
-def keygen(argv=None) -> int:
+def _parse(name: str, argv, *arguments: tuple[str, dict]):
     import argparse
 
+    ap = argparse.ArgumentParser(prog=f"wsa {name}", description=COMMANDS[name][1])
+    for flag, kw in arguments:
+        ap.add_argument(flag, **kw)
+    return ap.parse_args(argv)
+
+
+def keygen(argv=None) -> int:
     from wsa_ros.runtime.signing import SignatureError, generate_keypair
 
-    ap = argparse.ArgumentParser(prog="wsa keygen", description=COMMANDS["keygen"][1])
-    ap.add_argument("--private", required=True, help="private key file to create (PEM; kept by the learner only)")
-    ap.add_argument("--public", required=True, help="public key file to create (PEM; give it to the robots)")
-    args = ap.parse_args(argv)
+    args = _parse("keygen", argv,
+                  ("--private", dict(required=True, help="private key file to create (PEM; kept by the learner only)")),
+                  ("--public", dict(required=True, help="public key file to create (PEM; give it to the robots)")))
     try:
         kid = generate_keypair(args.private, args.public)
     except (SignatureError, OSError) as exc:
@@ -42,17 +48,14 @@ def keygen(argv=None) -> int:
 
 
 def sign_bundle(argv=None) -> int:
-    import argparse
-
+    """Never signs a bundle whose files do not match its own manifest."""
     from wsa_ros.runtime.bundle import BundleError, load_bundle
     from wsa_ros.runtime.signing import sign_bundle as sign
 
-    ap = argparse.ArgumentParser(prog="wsa sign-bundle", description=COMMANDS["sign-bundle"][1])
-    ap.add_argument("bundle", help="bundle folder (its hashes are checked first)")
-    ap.add_argument("--key", required=True, help="private key file (`wsa keygen`)")
-    args = ap.parse_args(argv)
+    args = _parse("sign-bundle", argv, ("bundle", dict(help="bundle folder (its hashes are checked first)")),
+                  ("--key", dict(required=True, help="private key file (`wsa keygen`)")))
     try:
-        b = load_bundle(args.bundle)  # never sign what does not match its own manifest
+        b = load_bundle(args.bundle)
         info = sign(b.root, args.key)
     except (BundleError, OSError) as exc:
         print(f"wsa sign-bundle: error: {exc}", file=sys.stderr)

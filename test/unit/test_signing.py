@@ -84,6 +84,9 @@ def test_signed_unsigned_unknown_and_altered_bundles(tiny_bundle, keys, tmp_path
 def test_the_agent_refuses_untrusted_bundles_by_every_route_and_keeps_acting(tiny_bundle, keys, tmp_path):
     signed = _copy(tiny_bundle, tmp_path / "v1")
     sign_bundle(signed, keys["learner"][0])
+    plain = Robot(signed)  # the default (no trusted_keys, allow_unsigned): signatures are not looked at
+    assert dict(plain.core.diagnostics(plain.t)[2])["policy_signed_by"] == "not checked (no trusted_keys)"
+    assert plain.core.swap(str(tiny_bundle))[0]
     cfg = dict(trusted_keys=[str(keys["learner"][1])], allow_unsigned=False)
     with pytest.raises(SignatureError, match="unsigned"):  # start-up with an unsigned bundle
         Robot(tiny_bundle, **cfg)

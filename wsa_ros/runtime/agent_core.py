@@ -155,16 +155,19 @@ class AgentCore:
     def _build_engine(self, path) -> Engine:
         """Every route a policy takes to act (start-up, the bundle parameter, ~/reload, a swap)
         passes here: the signature first (trusted_keys / allow_unsigned), then the sessions."""
-        from wsa_ros.runtime.signing import SignatureError, verify_bundle
+        from wsa_ros.runtime.signing import SignatureError, SignatureInfo, manifest_sha256, verify_bundle
 
         c = self.cfg
         root = path.root if isinstance(path, Bundle) else Path(resolve_bundle(str(path)))
         root = root if root.is_dir() else root.parent  # the bundle folder, or its manifest.yaml
-        try:
-            sig = verify_bundle(root, self._trusted, allow_unsigned=c.allow_unsigned)
-        except SignatureError:
-            self.counters["signature_rejected"] += 1
-            raise
+        if not self._trusted and c.allow_unsigned:  # nothing to check against: no bundle is refused for its signature
+            sig = SignatureInfo(False, "", manifest_sha256(root))
+        else:
+            try:
+                sig = verify_bundle(root, self._trusted, allow_unsigned=c.allow_unsigned)
+            except SignatureError:
+                self.counters["signature_rejected"] += 1
+                raise
         eng = Engine(path, providers=c.providers, threads=c.intra_op_threads, warmup=True, cache_dir=c.trt_cache_dir)
         eng.signature = sig
         if c.exploration_sample and not eng.has_log_std:
@@ -515,7 +518,8 @@ class AgentCore:
             ("previous_version", self.previous[0].version if self.previous else ""),
             ("execution_provider", eng.provider), ("last_swap", self.last_swap),
             ("policy_manifest_sha256", eng.signature.manifest_sha256),
-            ("policy_signed_by", eng.signature.key_id or "unsigned"),
+            ("policy_signed_by", eng.signature.key_id or ("unsigned" if self._trusted or not self.cfg.allow_unsigned
+                                                          else "not checked (no trusted_keys)")),
             ("trigger", self.cfg.trigger), ("sync", self.cfg.sync),
             ("control_rate_target_hz", f"{self.cfg.control_rate_hz:g}"),
             ("action_rate_hz", f"{(self.actions - act_prev) / span:.1f}"),

@@ -34,7 +34,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -158,8 +157,9 @@ class AgentCore:
         from wsa_ros.runtime.signing import SignatureError, SignatureInfo, manifest_sha256, verify_bundle
 
         c = self.cfg
-        root = path.root if isinstance(path, Bundle) else Path(resolve_bundle(str(path)))
-        root = root if root.is_dir() else root.parent  # the bundle folder, or its manifest.yaml
+        if not isinstance(path, Bundle):  # a folder: its manifest and hashes first (a missing one is named so)
+            path = load_bundle(path)
+        root = path.root
         if not self._trusted and c.allow_unsigned:  # nothing to check against: no bundle is refused for its signature
             sig = SignatureInfo(False, "", manifest_sha256(root))
         else:

@@ -400,7 +400,10 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
     # steps the learner counted as rejected (a frame or record DDS lost on the way: best-effort frames
     # on a loaded machine); those stay a small minority
     for part, st in ((stamps[stamps < kill_ns], before), (stamps[stamps > kill_ns], final)):
-        assert len(part) > 10
+        # (seen once in a clean-clone run: none of the agent's steps after the restart stored; the
+        # learner's own counts say why)
+        assert len(part) > 10, ("before the kill" if st is before else "after the restart", len(part),
+                                int((d["source"] == "/r2").sum()), st["rejected"], st["counts"], st["store"])
         want = [s for i, s in enumerate(rec_stamps) if part[0] <= s <= part[-1] and not env.late_or_final(s)
                 and env.executed(s, rec_stamps[i + 1] if i + 1 < len(rec_stamps) else None)]
         assert list(part) == [s for s in want if s in set(part)], "out of order"

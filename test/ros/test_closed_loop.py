@@ -188,7 +188,9 @@ def _check_demo_outputs(r, out, info, version: str) -> None:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert info["summary"]["episodes"] >= 3
     assert set(info["summary"]["alpha"]["encoders"]) == {"ae", "idm"}
-    assert all(rc == 0 for rc in info["exit_codes"].values()), info["exit_codes"]
+    assert all(rc == 0 for rc in info["exit_codes"].values()), (info["exit_codes"], {  # each child's last lines
+        n: (out / "logs" / f"{n}.log").read_text()[-3000:] for n, rc in info["exit_codes"].items()
+        if rc != 0 and (out / "logs" / f"{n}.log").is_file()})
     assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["start"]["version"] == version
     assert not (out / "replay").exists() and "replay_removed_bytes" in info  # no --keep-replay
 

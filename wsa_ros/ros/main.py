@@ -32,8 +32,15 @@ SPIN_SLICE_S = 0.1
 def run_node(name: str, make: Callable[[], object], start_errors: tuple = (), argv=None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
+    starting = [True]
+
+    def on_signal(*_):
+        stop.set()
+        if starting[0]:  # asked to stop while still starting (a learner loading for 20 s): stop starting
+            raise KeyboardInterrupt
+
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too when started with it ignored (nohup, `cmd &`)
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     node = executor = None
     try:
         try:
@@ -41,6 +48,8 @@ def run_node(name: str, make: Callable[[], object], start_errors: tuple = (), ar
         except start_errors as exc:
             rclpy.logging.get_logger(name).fatal(f"cannot start: {exc}")
             return 1
+        finally:
+            starting[0] = False
         executor = node.make_executor() if hasattr(node, "make_executor") else SingleThreadedExecutor()
         executor.add_node(node)
         if hasattr(node, "start"):

@@ -106,14 +106,28 @@ class Tick:
     stats: dict | None = None  # the finished episode's statistics
 
 
+def sim_class(arm: str):
+    """The sim class of ``arm`` (imported on demand): ReacherSim or Arm7Sim; each module's
+    ``SUCCESS_RADIUS`` is its default success radius (m)."""
+    if arm == "arm7":
+        from wsa_ros.sim.arm7 import Arm7Sim
+        return Arm7Sim
+    if arm == "reacher":
+        from wsa_ros.sim.reacher import ReacherSim
+        return ReacherSim
+    raise ConfigError(f"arm '{arm}' is not one of {ARMS}")
+
+
+def success_radius(arm: str) -> float:
+    """The default success radius (m) of ``arm``'s sim."""
+    import sys
+
+    return float(sys.modules[sim_class(arm).__module__].SUCCESS_RADIUS)
+
+
 class SimArm:
     def __init__(self, cfg: SimConfig):
-        if cfg.arm == "arm7":
-            from wsa_ros.sim.arm7 import Arm7Sim as Sim
-        elif cfg.arm == "reacher":
-            from wsa_ros.sim.reacher import ReacherSim as Sim
-        else:
-            raise ConfigError(f"arm '{cfg.arm}' is not one of {ARMS}")
+        Sim = sim_class(cfg.arm)
         self.cfg = cfg
         self.camera_names = list(getattr(Sim, "camera_names", ("camera",)))
         self.camera_topics = resolve_camera_topics(cfg, self.camera_names)  # before the renderer exists

@@ -304,6 +304,8 @@ def _fmt(x, spec=".2f") -> str:
 
 
 def summary_markdown(info: dict) -> str:
+    from wsa_ros.sim.arm import success_radius
+
     s = info["summary"]
     n_early = s.get("early_late_episodes")
     lines = [
@@ -331,7 +333,7 @@ def summary_markdown(info: dict) -> str:
         lines.append("- start: the bundle's own (behaviour-cloned) policy, fine-tuned by SAC near it")
     if s["episodes"]:
         lines += [
-            f"- success (fingertip within {SUCCESS_CM.get(info.get('arm') or 'reacher', '?')} cm of the target at the "
+            f"- success (fingertip within {success_radius(info.get('arm') or 'reacher') * 100:g} cm of the target at the "
             f"last step): **{_fmt(s['success_rate'])}** "
             f"overall; first {n_early} episodes **{_fmt(s['success_early'])}** -> last {n_early} "
             f"**{_fmt(s['success_late'])}** (change {_fmt(s['success_change'], '+.2f')} "
@@ -436,12 +438,10 @@ def offline_eval(bundle_path, episodes: int, seed: int, image_size: int = 84, ma
     (ReacherSim: 0.02 s steps, success within 2 cm; arm7: 0.05 s steps, within 5 cm), so two
     policies meet the very same targets and starting poses. Success is judged at the last step."""
     from wsa_ros.runtime.engine import Engine
+    from wsa_ros.sim.arm import sim_class
     from wsa_ros.sim.rollout import engine_policy, evaluate
 
-    if arm == "arm7":
-        from wsa_ros.sim.arm7 import Arm7Sim as Sim
-    else:
-        from wsa_ros.sim.reacher import ReacherSim as Sim
+    Sim = sim_class(arm)
     eng = Engine(bundle_path, providers=("cpu",), threads=1)
     with Sim(seed=seed, image_size=image_size, max_steps=max_steps) as sim:
         ev = evaluate(sim, engine_policy(eng), episodes, seed)
@@ -616,7 +616,6 @@ def prepare_fresh_start(bundle, out: Path, seed: int, episodes: int, steps: int,
 
 #: --arm: the simulated arms, each with config/robots/<arm>.yaml; episode length in steps (bag, live, offline)
 ARM_EPISODE_STEPS = {"reacher": 100, "arm7": 60}
-SUCCESS_CM = {"reacher": 2, "arm7": 5}  # each sim's success radius
 
 
 def prepare_site_start(arm: str, robot_file: Path, out: Path, seed: int, episodes: int, steps: int, image_size: int,

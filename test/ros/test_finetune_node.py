@@ -351,8 +351,15 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
 
         # the restarted learner takes new transitions (the checks below need a run of them)
         n0 = stored(st2)
-        wait_for(lambda: (lambda s: s is not None and stored(s) >= n0 + 15)(status()), 30,
-                 "new transitions after the restart")
+        try:
+            wait_for(lambda: (lambda s: s is not None and stored(s) >= n0 + 15)(status()), 30,
+                     "new transitions after the restart")
+        except TimeoutError as exc:
+            s = status()
+            keep = ("records", "accepted", "rejected", "superseded", "pairing", "counts", "store", "inbox")
+            raise AssertionError(f"{exc}: from {n0}; last status {time.time() - s['time']:.1f} s old: "
+                                 f"{json.dumps({k: s[k] for k in keep})}\n"
+                                 f"learner run2:\n{learner2.output()}") from None
         time.sleep(1.0)
         final = status()
     finally:

@@ -104,6 +104,14 @@ class AgentConfig:
         True, "Accept bundles without a signature (the shipped default and the demo). On a robot: false, with "
         "trusted_keys naming the learner's public key; an unsigned, unknown-key or altered bundle is then "
         "refused and the running policy keeps acting.")
+    policy_topic: str = param(
+        "", "Where validated bundles arrive over ROS (std_msgs/UInt8MultiArray from the fine-tuner's ~/policy, "
+        "with push_via: topic; reliable, transient local): each is stored in policy_cache_dir, checked like "
+        "any other bundle (hashes, signature, compatibility, warm-up, the live observation) and swapped in "
+        "between two ticks. No shared filesystem. Empty = off.")
+    policy_cache_dir: str = param(
+        "~/.cache/wsa_ros/policies", "This agent's own folder for bundles received on policy_topic (the newest "
+        "few and those in use are kept).")
     teleop_topic: str = param(
         "/wsa/teleop", "Teleoperation input (sensor_msgs/JointState: name + position = the command in the "
         "action's joint units). While one arrived within teleop_timeout_s, it is sent instead of the "
@@ -257,6 +265,13 @@ class FinetuneConfig:
     holdout_every: int = param(50, "Every N-th online observation is held out for validating exports.",
                                2, 10**6)
     push: bool = param(True, "Ask the agents to swap in each validated bundle.")
+    push_via: str = param(
+        "parameter", "parameter: set each agent's bundle parameter to the export's path (the agents see "
+        "out_dir: one machine or a shared filesystem, agent_bundle_root); topic: publish the bundle itself on "
+        "~/policy (std_msgs/UInt8MultiArray, reliable, transient local) for agents with policy_topic set: no "
+        "shared filesystem, an agent that was offline gets the newest when it is back, a restarted learner "
+        "publishes its last pushed bundle again. A topic push counts as taken once the agent's action records "
+        "carry the version.", choices=("parameter", "topic"))
     push_timeout_s: float = param(10.0, "An agent that has not answered a push by then is logged as failed.",
                                   0.1, 600.0)
     signing_key: str = param(

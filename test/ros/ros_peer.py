@@ -54,7 +54,7 @@ class AgentProcess:
     """``agent_node`` in a child process. ``params`` become a ROS parameter file."""
 
     def __init__(self, domain_id: int, params: dict, namespace: str = "", name: str = "agent_node",
-                 extra_args: tuple = (), log_dir: str | None = None):
+                 extra_args: tuple = (), log_dir: str | None = None, env: dict | None = None):
         self.domain_id = domain_id
         self.dir = Path(log_dir or tempfile.mkdtemp(prefix="agent_"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ class AgentProcess:
         cmd += list(extra_args)
         self.cmd = cmd
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=ros_env(domain_id), stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**ros_env(domain_id), **(env or {})}, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:

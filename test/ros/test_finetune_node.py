@@ -49,14 +49,14 @@ START_TIMEOUT = 90.0
 
 
 class FinetuneProcess:
-    def __init__(self, params: dict, log_dir: Path, tag: str):
+    def __init__(self, params: dict, log_dir: Path, tag: str, domain: int = DOMAIN, env: dict | None = None):
         self.params_file = log_dir / f"finetune_{tag}.yaml"
         self.params_file.write_text(yaml.safe_dump({"finetune_node": {"ros__parameters": params}}))
         self.log_path = log_dir / f"finetune_{tag}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wsa_ros.ros.finetune_node", "--ros-args", "--params-file", str(self.params_file)],
-            cwd=str(ROOT), env=ros_env(DOMAIN), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=str(ROOT), env={**ros_env(domain), **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
         if not self._log.closed:

@@ -104,7 +104,13 @@ def test_the_agent_refuses_untrusted_bundles_by_every_route_and_keeps_acting(tin
     assert r.core.counters["signature_rejected"] == 3 and r.core.counters["swap_rejected"] == 3
     assert r.core.engine_path == str(signed) and len(r.sink.commands) == n + 6  # the signed policy kept acting
     resigned = _copy(altered, tmp_path / "resigned")
-    sign_bundle(resigned, keys["learner"][0])  # the learner's own next export
+    sign_bundle(resigned, keys["learner"][0])
+    ok, msg = r.core.swap(str(resigned))  # signed, but a different policy under the running version's name
+    assert not ok and "different policy" in msg and "version '1'" in msg, msg
+    m = yaml.safe_load((resigned / MANIFEST).read_text())
+    m["version"] = "1+ft1"
+    (resigned / MANIFEST).write_text(yaml.safe_dump(m, sort_keys=False))
+    sign_bundle(resigned, keys["learner"][0])  # the learner's own next export: a version of its own
     ok, msg = r.core.swap(str(resigned))
     assert ok, msg
     kv = dict(r.core.diagnostics(r.t)[2])

@@ -22,6 +22,7 @@ run with ``learner.bc_steps``, behaviour cloning on them first.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -139,6 +140,8 @@ class OnlineLearner:
         self.store.start()
         for t in self._threads:
             t.start()
+        if self.cfg.push and self.cfg.push_via == "topic":
+            self.resend_last_push()
 
     def _guard(self, fn) -> None:
         """A worker thread that dies is a bug: log it loudly and keep the node (and the robot) alive."""
@@ -279,7 +282,37 @@ class OnlineLearner:
         elif self.gate is not None:
             self.log(f"gate: pushing {version}")
         if self.cfg.push and self.push_fn is not None:
-            self.push_fn(version, self.agent_path(Path(path)))
+            if self.cfg.push_via == "topic":  # the bundle itself travels; remembered so a restart sends it again
+                self._remember_push(version, path)
+                self.push_fn(version, str(path))
+            else:
+                self.push_fn(version, self.agent_path(Path(path)))
+
+    @property
+    def _pushed_file(self) -> Path:
+        return self.trainer.out_dir / "learner" / "pushed.json"
+
+    def _remember_push(self, version: str, path: str) -> None:
+        f = self._pushed_file
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": version, "path": str(path)}))
+        os.replace(tmp, f)
+
+    def resend_last_push(self) -> bool:
+        """push_via topic: publish the last pushed bundle again (a learner restarted, perhaps
+        mid-transfer); False when there is none or it is gone from out_dir."""
+        try:
+            last = json.loads(self._pushed_file.read_text())
+            version, path = str(last["version"]), str(last["path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not Path(path, "manifest.yaml").is_file():
+            self.error(f"the last pushed bundle {version} is gone from {path}; not sent again")
+            return False
+        self.log(f"sending the last pushed policy {version} again ({path})")
+        self._push_now(version, path)
+        return True
 
     def agent_path(self, path: Path) -> str:
         """Where the agents see an exported bundle (``agent_bundle_root``)."""
@@ -310,6 +343,12 @@ class OnlineLearner:
 
     def _check_pushes(self) -> None:
         now = time.time()
+        if self.cfg.push_via == "topic":  # taken once the agent's own action records carry the version
+            acting = {agent: self.ingest.assemblers[src].last_version for agent, src in zip(self.agents, self.sources)}
+            with self._lock:
+                taken = [r for r in self.pushes if r["done"] is None and acting.get(r["agent"]) == r["version"]]
+            for rec in taken:
+                self.pushed(rec, True, "acting (its action records carry the version)", "")
         with self._lock:
             late = [r for r in self.pushes if r["done"] is None and now - r["sent"] > self.cfg.push_timeout_s]
         for rec in late:

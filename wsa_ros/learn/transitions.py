@@ -338,6 +338,7 @@ class Assembler:
         self.last_reject: dict[str, str] = {}
         self.accepted = 0
         self.records_received = 0
+        self.last_version = ""
         self.superseded = 0
         self.episodes: list[Episode] = []  # finished episodes not yet taken by the caller
 
@@ -399,6 +400,7 @@ class Assembler:
         """An action record (sensor_msgs/JointState layout of the agent's ``~/action_record``).
         ``stamp_ns`` None: a command with no frame before it (bag import)."""
         self.records_received += 1
+        self.last_version = str(version)  # the policy acting now, by the agent's own account
         if stamp_ns is None:
             return self.reject("command_before_frame", "command recorded before any camera frame")
         if stamp_ns <= 0:

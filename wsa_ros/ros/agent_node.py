@@ -11,6 +11,9 @@ core and documented there; the topics are in ``config/agent.yaml`` and the READM
   (std_msgs/Bool, best effort so any publisher matches).
 * out: ``command_topic`` (by ``output_mode``), ``~/action_record`` (sensor_msgs/JointState,
   reliable, depth 100), ``~/alpha`` (std_msgs/Float32MultiArray), ``/diagnostics``.
+* ``policy_topic`` (std_msgs/UInt8MultiArray, reliable, transient local): bundles as bytes from
+  the fine-tuner (``push_via: topic``), stored in ``policy_cache_dir`` and swapped in by the same
+  checks as the ``bundle`` parameter.
 * services: ``~/enable`` (std_srvs/SetBool), ``~/rollback`` and ``~/reload`` (std_srvs/Trigger);
   hot-swap: set the ``bundle`` parameter; a refusal is the SetParametersResult's reason.
 
@@ -38,7 +41,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float32MultiArray
+from std_msgs.msg import Bool, Float32MultiArray, UInt8MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from wsa_ros.config import AgentConfig, ConfigError
@@ -132,6 +135,10 @@ class AgentNode(Node):
         self.create_service(Trigger, "~/reload", self._service("~/reload", lambda req, resp: self._answer(
             resp, *core.reload())))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        if cfg.policy_topic:  # bundles as bytes (no shared filesystem); default group: serialised with swaps
+            self._subs.append(self.create_subscription(
+                UInt8MultiArray, cfg.policy_topic, lambda m: self._guarded("policy transfer", self._on_policy, m),
+                M.POLICY_QOS))
         rt.create_timer(1.0 / cfg.control_rate_hz, lambda: core.on_timer(self.now_ns()))
         self._diag_timer = self.create_timer(cfg.diagnostics_period_s, lambda: self._guarded(
             "diagnostics", self._publish_diagnostics), callback_group=MutuallyExclusiveCallbackGroup())
@@ -174,13 +181,22 @@ class AgentNode(Node):
 
     def _on_rollback(self, req, resp):
         ok, message = self.core.rollback()
-        if ok:  # the parameter follows the policy now running, without swapping again
-            self._internal_param_set = True
-            try:
-                self.set_parameters([Parameter("bundle", value=self.core.engine_path)])
-            finally:
-                self._internal_param_set = False
+        if ok:
+            self._follow(self.core.engine_path)
         return self._answer(resp, ok, message)
+
+    def _follow(self, path: str) -> None:
+        """The bundle parameter follows the policy now running, without swapping again."""
+        self._internal_param_set = True
+        try:
+            self.set_parameters([Parameter("bundle", value=path)])
+        finally:
+            self._internal_param_set = False
+
+    def _on_policy(self, msg) -> None:
+        ok, _message = self.core.receive(*M.bundle_from_msg(msg))  # a refusal is logged and counted by the core
+        if ok and self.cfg.bundle != self.core.engine_path:
+            self._follow(self.core.engine_path)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         try:

@@ -7,7 +7,10 @@ joint_states_topic, action_record_topic (sensor_msgs/JointState), reward_topic
 intervention_topic (sensor_msgs/JointState); each callback only queues the message with its
 DDS source and reception timestamps. Each validated policy goes to ``ns + agent_node``
 through its ``~/set_parameters`` service (``bundle``), asynchronously: a dead or slow agent
-is logged, never waited on, and the agent never waits for the learner.
+is logged, never waited on, and the agent never waits for the learner. With ``push_via: topic``
+the bundle itself is published on ``~/policy`` (std_msgs/UInt8MultiArray, reliable, transient
+local; ``wsa_ros.runtime.transfer``) for agents whose ``policy_topic`` names it: no path and no
+shared filesystem between the machines.
 
 Outputs: ``~/status`` (std_msgs/String, JSON) every status_period_s; CSV and TensorBoard logs
 under ``<out_dir>/logs``. Service ``~/export_now`` (std_srvs/Trigger).
@@ -23,13 +26,13 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64, String
+from std_msgs.msg import Bool, Float64, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 
 from wsa_ros.config import ConfigError, FinetuneConfig, join_ns
 from wsa_ros.learn.store import StoreError
 from wsa_ros.ros.main import run_node
-from wsa_ros.ros.messages import publisher_info
+from wsa_ros.ros.messages import POLICY_QOS, bundle_msg, publisher_info
 from wsa_ros.ros.params import declare_config
 from wsa_ros.runtime.bundle import BundleError
 from wsa_ros.runtime.engine import EngineError
@@ -72,6 +75,8 @@ class FinetuneNode(Node):
                 self._sub(typ, join_ns(ns, topic), src, kind, qos, payload)
         for agent in self.learner.agents:
             self._agents[agent] = self.create_client(SetParameters, f"{agent}/set_parameters")
+        self._pub_policy = self.create_publisher(UInt8MultiArray, "~/policy", POLICY_QOS) \
+            if cfg.push_via == "topic" else None
         self._pub_status = self.create_publisher(String, "~/status", QoSProfile(depth=10))
         self.create_service(Trigger, "~/export_now", self._on_export_now)
         self.create_timer(cfg.status_period_s, self._publish_status)
@@ -87,6 +92,15 @@ class FinetuneNode(Node):
     # ------------------------------------------------------------------ pushes
     def _push(self, version: str, path: str) -> None:
         """Called by the learner's export thread with a validated bundle."""
+        if self._pub_policy is not None:  # push_via topic: the bundle itself, to every agent at once
+            from wsa_ros.runtime.transfer import pack_bundle
+
+            blob, label = pack_bundle(path)
+            for agent in self._agents:
+                self.learner.push_sent(agent, version)
+            self._pub_policy.publish(bundle_msg(blob, label))
+            self.get_logger().info(f"published {version} on {self._pub_policy.topic_name} ({len(blob) / 1e6:.2f} MB)")
+            return
         value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=path)
         for agent, client in self._agents.items():
             rec = self.learner.push_sent(agent, version)

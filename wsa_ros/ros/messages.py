@@ -12,7 +12,8 @@ from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from wsa_ros.runtime.stamps import split_ns
@@ -101,3 +102,22 @@ def diagnostic_array(statuses: list[DiagnosticStatus], stamp_ns: int) -> Diagnos
     arr = DiagnosticArray(status=statuses)
     arr.header.stamp = time_msg(stamp_ns)
     return arr
+
+
+#: ~/policy (the fine-tuner) -> policy_topic (the agents): reliable and transient local, depth 1, so an
+#: agent that starts or comes back later still gets the newest validated bundle
+POLICY_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def bundle_msg(blob: bytes, label: str) -> UInt8MultiArray:
+    """A packed bundle (``wsa_ros.runtime.transfer.pack_bundle``) as std_msgs/UInt8MultiArray."""
+    m = UInt8MultiArray()
+    m.layout.dim = [MultiArrayDimension(label=label, size=len(blob), stride=len(blob))]
+    m.data = blob
+    return m
+
+
+def bundle_from_msg(m: UInt8MultiArray) -> tuple[bytes, str]:
+    """(blob, label); a message without the one labelled dimension gets label '' (refused by the receiver)."""
+    label = m.layout.dim[0].label if len(m.layout.dim) == 1 else ""
+    return bytes(m.data), label

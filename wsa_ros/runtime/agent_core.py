@@ -462,6 +462,11 @@ class AgentCore:
                 if why:
                     raise BundleError("; ".join(why))
                 eng = self._build_engine(b)  # sessions, shapes, warm-up with finite outputs
+                if eng.version == cur.version and eng.signature.manifest_sha256 != cur.signature.manifest_sha256:
+                    raise BundleError(  # one name, one policy: records and /diagnostics must tell them apart
+                        f"it is a different policy (manifest sha256 {eng.signature.manifest_sha256[:12]}) under the "
+                        f"running policy's version '{cur.version}' ({cur.signature.manifest_sha256[:12]}); give it "
+                        "a version of its own (the fine-tuner numbers its exports)")
                 obs = self.current
                 if obs is not None:
                     try:
@@ -481,6 +486,31 @@ class AgentCore:
             self.log.info(f"policy swapped: version {cur.version} -> {eng.version} from {path} on {eng.provider} "
                           f"(validated in {ms:.0f} ms); ~/rollback returns to {cur.version}")
             return True, f"now running version {eng.version}"
+
+    def receive(self, blob: bytes, label: str) -> tuple[bool, str]:
+        """A bundle that arrived as bytes (policy_topic; ``wsa_ros.runtime.transfer``): stored in
+        policy_cache_dir once its bytes and files check out, then the same :meth:`swap` as any
+        other route. The running policy is untouched by a refusal (counted ``transfer_rejected``
+        or ``swap_rejected``), whose reason is returned."""
+        from wsa_ros.runtime.signing import manifest_sha256
+        from wsa_ros.runtime.transfer import parse_label, prune_cache, receive_bundle
+
+        try:
+            name, version, _ = parse_label(label)
+            path = receive_bundle(blob, label, self.cfg.policy_cache_dir)
+            if manifest_sha256(path) == self.engine.signature.manifest_sha256:
+                return True, f"version {version} is running already"
+        except (BundleError, OSError) as exc:
+            self.counters["transfer_rejected"] += 1
+            reason = f"bundle received on {self.cfg.policy_topic} rejected, policy {self.engine.version} keeps " \
+                     f"running: {exc}"
+            self.last_swap = f"rejected: {exc}"[:300]
+            self.log.error(reason)
+            return False, reason
+        ok, message = self.swap(str(path))
+        in_use = {self.engine_path} | ({self.previous[1]} if self.previous else set())
+        prune_cache(self.cfg.policy_cache_dir, in_use)
+        return ok, message
 
     def rollback(self) -> tuple[bool, str]:
         """Back to the previous policy (again: forward). The new ``engine_path`` is the

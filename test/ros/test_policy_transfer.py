@@ -1,0 +1,138 @@
+"""Policies over ROS (issue 15): the fine-tuner publishes each validated, signed bundle on
+``~/policy`` (push_via: topic) and the agent, on another "machine" (its own HOME, its own
+folders, no path in common with the learner's), stores it in its own cache, checks it and
+swaps it in; a forged push is refused while the pushed policy keeps acting; an agent that
+restarts gets the newest policy again from the transient-local topic. Real rclpy, real DDS,
+separate processes."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ros_peer import AgentProcess, Peer, wait_for
+from test_finetune_node import CAM, END, JS, RATE_HZ, REWARD, START_TIMEOUT, Environment, FinetuneProcess, _status_sub
+
+from wsa_ros.runtime.signing import generate_keypair, sign_bundle
+
+DOMAIN = 121
+POLICY = "/finetune_node/policy"
+
+
+def _forged(signed: Path, dst: Path) -> Path:
+    """A copy of a signed bundle whose manifest was edited after signing (its signature kept)."""
+    root = shutil.copytree(signed, dst)
+    m = yaml.safe_load((root / "manifest.yaml").read_text())
+    m["version"] = "1+ft999"
+    (root / "manifest.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
+    return root
+
+
+def test_policies_travel_over_ros_to_an_agent_with_no_path_in_common(tiny_bundle, tmp_path):
+    from std_msgs.msg import UInt8MultiArray
+
+    from wsa_ros.ros.messages import POLICY_QOS, bundle_msg
+    from wsa_ros.runtime.transfer import pack_bundle
+
+    robot, station = tmp_path / "robot", tmp_path / "station"  # two machines' worth of folders
+    priv, pub = station / "keys" / "learner.key", station / "keys" / "learner.pub"
+    generate_keypair(priv, pub)
+    start = shutil.copytree(tiny_bundle, station / "start")
+    sign_bundle(start, priv)
+    (robot / "trusted").mkdir(parents=True)
+    trusted = Path(shutil.copy(pub, robot / "trusted" / "learner.pub"))  # only the public key travels
+    agent_start = shutil.copytree(start, robot / "bundles" / "start")
+    cache = robot / "cache"
+    agent_params = dict(bundle=str(agent_start), providers=["cpu"], camera_topics=[CAM], joint_states_topic=JS,
+                        control_rate_hz=30.0, max_obs_age_s=0.5, blend_in_s=0.0, max_rate=0.0,
+                        trigger="camera", start_enabled=True, diagnostics_period_s=0.5,
+                        trusted_keys=[str(trusted)], allow_unsigned=False, policy_topic=POLICY,
+                        policy_cache_dir=str(cache))
+    ft_params = dict(bundle=str(start), store_dir=str(station / "store"), out_dir=str(station / "out"),
+                     signing_key=str(priv), push_via="topic", camera_topics=[CAM], joint_states_topic=JS,
+                     reward_topic=REWARD, episode_end_topic=END, providers=["cpu"], export_every_updates=60,
+                     holdout_every=5, status_period_s=0.2, learner=dict(warmup_transitions=20, batch_size=32, utd=4))
+    logs = Path(tempfile.mkdtemp(prefix="transfer_logs_", dir=tmp_path))
+    agent_env, station_env = {"HOME": str(robot)}, {"HOME": str(station)}
+    agent = AgentProcess(DOMAIN, agent_params, log_dir=str(logs / "a1"), env=agent_env)
+    learner = FinetuneProcess(ft_params, logs, "ft", domain=DOMAIN, env=station_env)
+    agent2 = None
+    peer = Peer(DOMAIN)
+    env = None
+
+    def fail(what):
+        return AssertionError(f"{what}\nstatus: {status()}\nagent:\n{agent.output()[-4000:]}\n"
+                              f"learner:\n{learner.output()[-4000:]}")
+
+    try:
+        status = _status_sub(peer)
+        env = Environment(peer)
+        try:
+            peer.wait_subscribed(CAM, START_TIMEOUT, count=2)
+            peer.wait_outputs_matched(START_TIMEOUT)
+        except TimeoutError as exc:
+            raise fail(exc) from None
+        env.start()
+        # ---------------------------------------------------------------- a push over the topic
+        try:  # taken = the agent's own action records carry the version
+            st = wait_for(lambda: (lambda s: s if s and s["version_pushed"] else None)(status()), START_TIMEOUT,
+                          "the learner's first policy acting in the agent")
+        except TimeoutError as exc:
+            raise fail(exc) from None
+        pushed = st["version_pushed"]
+        push = next(p for p in st["pushes"] if p["version"] == pushed and p["ok"])
+        print(f"export -> acting in the agent over ~/policy: {push['done'] - push['sent']:.2f} s "
+              f"(including one status period, 0.2 s)")
+        bundle_param = peer.get_params(["bundle"])[0]
+        assert bundle_param.startswith(str(cache)) and str(station) not in bundle_param, bundle_param
+        assert (Path(bundle_param) / "manifest.sig").is_file()
+        recs = peer.snapshot("records")
+        first = next(i for i, (_, r) in enumerate(recs) if r.header.frame_id == pushed)
+        assert first > 0 and {r.header.frame_id for _, r in recs[:first]} == {"1"}
+        t = np.array([t for t, _ in recs[max(first - 30, 0):first + 30]])
+        gap = float(np.diff(t).max())
+        print(f"largest gap between action records around the swap: {gap * 1e3:.0f} ms "
+              f"(frames every {1e3 / RATE_HZ:.0f} ms)")
+        assert gap <= 2.0 / RATE_HZ, gap
+        # ---------------------------------------------------------------- a forged push is refused
+        d0 = peer.diagnostics()
+        forged = _forged(Path(bundle_param), tmp_path / "forged")
+        fpub = peer.node.create_publisher(UInt8MultiArray, POLICY, POLICY_QOS)
+        wait_for(lambda: fpub.get_subscription_count() >= 1, 20, "the agent to see the forged publisher")
+        fpub.publish(bundle_msg(*pack_bundle(forged)))
+        try:
+            peer.wait_diag(lambda d: int(d.get("rejected signature_rejected", 0))
+                           > int(d0.get("rejected signature_rejected", 0)), 20, "the forged bundle refused")
+        except TimeoutError as exc:
+            raise fail(exc) from None
+        n = len(peer.snapshot("records"))
+        wait_for(lambda: len(peer.snapshot("records")) > n + 10, 20, "more actions")
+        acted = [r.header.frame_id for _, r in peer.snapshot("records")[n:]]
+        assert all(v.startswith("1+ft") and v != "1+ft999" for v in acted), set(acted)  # the learner's act
+        assert "altered after signing" in agent.output()
+        # ---------------------------------------------------------------- the agent restarts
+        assert agent.stop() == 0
+        agent2 = AgentProcess(DOMAIN, agent_params, log_dir=str(logs / "a2"), env=agent_env)
+        n = len(peer.snapshot("records"))
+        try:  # from its own start bundle, then the newest from the transient-local topic
+            wait_for(lambda: any(r.header.frame_id.startswith("1+ft") for _, r in peer.snapshot("records")[n:]),
+                     START_TIMEOUT, "the restarted agent acting on the learner's newest policy")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\nagent2:\n{agent2.output()}") from None
+        acted = [r.header.frame_id for _, r in peer.snapshot("records")[n:]]
+        assert "1+ft999" not in acted, set(acted)
+        wait_for(lambda: status()["version_pushed"] == peer.snapshot("records")[-1][1].header.frame_id, 10,
+                 "the learner to count its newest push as taken by the restarted agent")
+        assert "altered after signing" in agent2.output()  # the forged sample, still on the topic, refused again
+        assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # nothing half-written
+    finally:
+        if env is not None:
+            env.stop()
+        codes = {"learner": learner.stop(), "agent2": agent2.stop() if agent2 else None}
+        peer.close()
+        agent.stop()
+    assert codes["learner"] == 0, learner.output()
+    assert codes["agent2"] == 0, agent2.output()

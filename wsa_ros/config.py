@@ -156,7 +156,9 @@ class SimConfig:
                                                    "(when camera_topics is empty).")
     camera_topics: list[str] = param(
         [], "One sensor_msgs/Image (rgb8) topic per sim camera, in camera order (arm7: scene, wrist); "
-        "empty = camera_topic for Reacher, /<camera>_camera/image_raw for each arm7 camera.")
+        "empty = camera_topic for Reacher, /<camera>_camera/image_raw for each arm7 camera. A topic ending "
+        "in /compressed carries sensor_msgs/CompressedImage (JPEG, as image_transport's compressed plugin).")
+    jpeg_quality: int = param(95, "JPEG quality of compressed camera topics (image_transport's default).", 1, 100)
     joint_states_topic: str = param("/joint_states", "sensor_msgs/JointState output.")
     command_topic: str = param("/forward_command_controller/commands",
                                "Commands in, as a ros2_control controller takes them: joint velocities (rad/s) "

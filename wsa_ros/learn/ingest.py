@@ -177,6 +177,13 @@ class Ingest:
             episodes += asm.take_episodes()
         return records, episodes
 
+    def robots(self, now_ns: int) -> dict:
+        """Per robot (source): action records and transitions taken, the policy version its
+        records carry now, and the age of its newest record in seconds (None before any)."""
+        return {src: {"records": a.records_received, "accepted": a.accepted, "acting": a.last_version,
+                      "last_record_age_s": round((now_ns - a.last_record_ns) / 1e9, 2) if a.last_record_ns else None}
+                for src, a in self.assemblers.items()}
+
     def summary(self) -> dict:
         """Counts over every robot (for ~/status)."""
         rejected: collections.Counter = collections.Counter()

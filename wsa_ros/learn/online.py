@@ -93,6 +93,7 @@ class OnlineLearner:
                                intervention_timeout_s=cfg.intervention_timeout_s, max_abs_reward=cfg.max_abs_reward)
         self.sources = [ns or "/" for ns in cfg.namespaces]
         self.agents = [join_ns(ns, cfg.agent_node) for ns in cfg.namespaces]
+        self._source_of = dict(zip(self.agents, self.sources))
         self.ingest = Ingest(self.spec, b.cameras, self.engine.embed, b.proprio, acfg, self.sources,
                              int(cfg.reorder_window_s * 1e9))
         self.train_inbox: queue.Queue = queue.Queue(maxsize=TRAIN_INBOX)
@@ -101,6 +102,7 @@ class OnlineLearner:
         self.exporting = threading.Event()
         self._export_thread: threading.Thread | None = None
         self.pushes: list[dict] = []  # in-flight and finished pushes (last few)
+        self.answers: dict[str, dict] = {}  # agent -> its last finished push (taken, refused or unanswered)
         self.last_export: dict = {}
         self.version_pushed = ""
         self.episodes_seen = 0
@@ -333,6 +335,7 @@ class OnlineLearner:
     def pushed(self, rec: dict, ok: bool, reason: str, path: str = "") -> None:
         """The answer to a push (``push_sent``'s record): logged and kept for ~/status."""
         rec.update(done=time.time(), ok=bool(ok), reason=reason)
+        self.answers[rec["agent"]] = rec
         dt = rec["done"] - rec["sent"]
         self.trainer.event("push", rec["version"], path, rec["ok"], dt, f"{rec['agent']}: {reason}")
         if ok:
@@ -351,9 +354,13 @@ class OnlineLearner:
                 self.pushed(rec, True, "acting (its action records carry the version)", "")
         with self._lock:
             late = [r for r in self.pushes if r["done"] is None and now - r["sent"] > self.cfg.push_timeout_s]
+        robots = self.ingest.robots(time.time_ns()) if late else {}
         for rec in late:
-            rec.update(done=now, ok=False, reason=f"no answer within {self.cfg.push_timeout_s:g} s")
-            self.error(f"{rec['agent']} did not answer the push of {rec['version']}")
+            age = robots.get(self._source_of.get(rec["agent"], ""), {}).get("last_record_age_s")
+            rec.update(done=now, ok=False, reason=f"no answer within {self.cfg.push_timeout_s:g} s (its last action "
+                       f"record {'never came' if age is None else f'{age:g} s ago'})")
+            self.answers[rec["agent"]] = rec
+            self.error(f"{rec['agent']} did not answer the push of {rec['version']}: {rec['reason']}")
 
     # ================================================================== status
     def status(self) -> dict:
@@ -368,11 +375,22 @@ class OnlineLearner:
             "resumed_from": tr.resumed_from, "updates_per_s": round(tr.updates_per_s, 1),
             "online": len(tr.replay.online), "demos": len(tr.replay.demos), "received": tr.received,
             "exports": tr.exports, "last_export": self.last_export, "version_pushed": self.version_pushed,
-            "pushes": self.pushes[-3:], "episodes": self.episodes_seen,
+            "pushes": self.pushes[-max(3, 2 * len(self.agents)):], "episodes": self.episodes_seen,
+            "robots": self._robots(),
             "success_rate_20": float(np.mean(tr.episode_window)) if tr.episode_window else None,
             "temperature": tr.last_metrics.get("temperature"), "loss_critic": tr.last_metrics.get("loss_critic"),
             "gate": self.gate.summary() if self.gate is not None else None,
         }
+
+    def _robots(self) -> dict:
+        """Per robot: its records and transitions, the version acting, the age of its newest
+        record, its agent and that agent's last answered push."""
+        robots = self.ingest.robots(time.time_ns())
+        for agent, src in self._source_of.items():
+            last = self.answers.get(agent)
+            robots[src].update(agent=agent, last_push={k: last[k] for k in ("version", "ok", "reason", "done")}
+                               if last else None)
+        return robots
 
     # ================================================================== shutdown
     def close(self) -> None:

@@ -339,6 +339,7 @@ class Assembler:
         self.accepted = 0
         self.records_received = 0
         self.last_version = ""
+        self.last_record_ns = 0  # order time (publish time) of the newest action record
         self.superseded = 0
         self.episodes: list[Episode] = []  # finished episodes not yet taken by the caller
 
@@ -401,6 +402,7 @@ class Assembler:
         ``stamp_ns`` None: a command with no frame before it (bag import)."""
         self.records_received += 1
         self.last_version = str(version)  # the policy acting now, by the agent's own account
+        self.last_record_ns = int(recv_ns)
         if stamp_ns is None:
             return self.reject("command_before_frame", "command recorded before any camera frame")
         if stamp_ns <= 0:

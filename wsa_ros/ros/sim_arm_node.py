@@ -13,7 +13,9 @@ node's wall clock):
    taken (reliable; none on a reset tick);
 3. one sensor_msgs/Image rgb8 per camera, in camera order, on ``camera_topics`` (frame_id: the
    camera's name; Reacher: ``camera_topic``, frame_id ``camera``; arm7 by default
-   ``/scene_camera/image_raw`` and ``/wrist_camera/image_raw``), then ``joint_states_topic``
+   ``/scene_camera/image_raw`` and ``/wrist_camera/image_raw``; a topic ending in ``/compressed``
+   gets sensor_msgs/CompressedImage as image_transport's compressed plugin writes it, JPEG at
+   ``jpeg_quality``), then ``joint_states_topic``
    (sensor_msgs/JointState, every joint: position, velocity), sensor-data QoS;
 4. at an episode's end, after its final frame: ``episode_end_topic`` (std_msgs/String
    ``terminated``/``truncated``) and ``~/episode_stats`` (diagnostic_msgs/DiagnosticStatus).
@@ -34,7 +36,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -42,6 +44,7 @@ from wsa_ros.config import ConfigError, SimConfig
 from wsa_ros.ros import messages as M
 from wsa_ros.ros.main import run_node
 from wsa_ros.ros.params import declare_config
+from wsa_ros.runtime.images import array_to_compressed, is_compressed_topic
 from wsa_ros.sim.arm import SimArm
 
 
@@ -53,7 +56,9 @@ class SimArmNode(Node):
             raise ConfigError("sim_arm_node publishes /clock itself: it cannot also use_sim_time")
         self.arm = SimArm(c)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_images = [self.create_publisher(Image, t, qos_profile_sensor_data) for t in self.arm.camera_topics]
+        self.compressed = [is_compressed_topic(t) for t in self.arm.camera_topics]
+        self.pub_images = [self.create_publisher(CompressedImage if comp else Image, t, qos_profile_sensor_data)
+                           for t, comp in zip(self.arm.camera_topics, self.compressed)]
         self.pub_joints = self.create_publisher(JointState, c.joint_states_topic, qos_profile_sensor_data)
         self.pub_reward = self.create_publisher(Float64, c.reward_topic, reliable)
         self.pub_success = self.create_publisher(Bool, c.success_topic, reliable)
@@ -96,9 +101,13 @@ class SimArmNode(Node):
         if t.reward is not None:  # the step just taken, before the frame it produced
             self.pub_reward.publish(Float64(data=t.reward))
             self.pub_success.publish(Bool(data=t.success))
-        for pub, (camera, img) in zip(self.pub_images, self.arm.frames(t.obs)):
-            m = Image(height=int(img.shape[0]), width=int(img.shape[1]), encoding="rgb8", is_bigendian=0,
-                      step=int(img.shape[1]) * 3, data=img.tobytes())
+        for pub, comp, (camera, img) in zip(self.pub_images, self.compressed, self.arm.frames(t.obs)):
+            if comp:
+                fmt, data = array_to_compressed(img, "jpeg", self.cfg.jpeg_quality)
+                m = CompressedImage(format=fmt, data=data)
+            else:
+                m = Image(height=int(img.shape[0]), width=int(img.shape[1]), encoding="rgb8", is_bigendian=0,
+                          step=int(img.shape[1]) * 3, data=img.tobytes())
             m.header.stamp, m.header.frame_id = M.time_msg(stamp), camera
             pub.publish(m)
         js = JointState(name=self.arm.joint_names, position=[float(x) for x in t.obs["position"]],

@@ -12,11 +12,14 @@ Arguments:
   robot         robot description (config/robots/*.yaml): its camera topics, joint-states topic,
                 command topic and interface (output_mode) and control rate override the config
                 file's; empty keeps the config file's
+  autostart     how far the managed node takes itself: active, inactive (configured, holding
+                until a lifecycle activate) or unconfigured; empty keeps the config file's
   use_sim_time  true to run on /clock (simulation, bag replay)
   log_level     agent_node's log level (debug, info, warn, error, fatal)
 
 The node starts disabled unless the config says start_enabled: call
-``<namespace>/agent_node/enable`` (std_srvs/SetBool) to let it act.
+``<namespace>/agent_node/enable`` (std_srvs/SetBool) to let it act. With autostart:=inactive,
+activate it first: ``ros2 lifecycle set <namespace>/agent_node activate``.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -38,6 +41,9 @@ def _agent(context, *args, **kwargs):
         from wsa_ros.config import load_robot, robot_agent_params
 
         overrides.update(robot_agent_params(load_robot(robot)))
+    autostart = LaunchConfiguration("autostart").perform(context)
+    if autostart:
+        overrides["autostart"] = autostart
     if bundle:
         overrides["bundle"] = bundle  # only when given: otherwise the config file's value holds
     return [
@@ -67,6 +73,8 @@ def generate_launch_description():
                               description="Model bundle folder; empty keeps the config file's value"),
         DeclareLaunchArgument("robot", default_value="",
                               description="Robot description YAML (config/robots/); empty keeps the config file's topics"),
+        DeclareLaunchArgument("autostart", default_value="", choices=["", "active", "inactive", "unconfigured"],
+                              description="Lifecycle state the agent takes itself to; empty keeps the config file's"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (simulation, bag replay)"),
         DeclareLaunchArgument("log_level", default_value="info",

@@ -44,6 +44,17 @@ def section(cls, help: str):
     return field(default_factory=cls, metadata={"help": help, "section": cls})
 
 
+def autostart_param(configure: str, activate: str):
+    """The one ``autostart`` setting of the managed nodes (``wsa_ros.ros.managed``)."""
+    return param(
+        "active",
+        f"How far the managed (lifecycle) node takes itself at start-up: active = configure ({configure}) and "
+        f"activate ({activate}); inactive = configure only, holding until a lifecycle activate; unconfigured = "
+        "nothing until a lifecycle configure (lifecycle_msgs/srv/ChangeState on <node>/change_state, as "
+        "`ros2 lifecycle set` and launch use).",
+        choices=("active", "inactive", "unconfigured"))
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass
 class AgentConfig:
@@ -96,6 +107,8 @@ class AgentConfig:
         0.5, "After enabling, fade the command in from the stop command (measured pose / zero "
         "velocity) over this many seconds; 0 disables.", 0.0, 60.0)
     start_enabled: bool = param(False, "Start acting immediately instead of waiting for ~/enable.")
+    autostart: str = autostart_param("load and check the bundle, open the topics", "act (then start_enabled or "
+                                     "~/enable lets it act)")
     trusted_keys: list[str] = param(
         [], "Public keys (PEM files from `wsa keygen`) whose signatures let a bundle act. With any key given, "
         "every bundle (start-up, the bundle parameter, ~/reload, a swap) must carry a valid signature by one "
@@ -288,6 +301,8 @@ class FinetuneConfig:
     checkpoint_period_s: float = param(30.0, "Learner checkpoint period (also at every export).", 1.0, 86400.0)
     log_every_updates: int = param(100, "A CSV row of losses every N updates.", 1, 10**6)
     status_period_s: float = param(1.0, "Period of ~/status (std_msgs/String, JSON).", 0.1, 60.0)
+    autostart: str = autostart_param("load the bundle and the learner, open the store and the topics; "
+                                     "transitions are stored from then on", "train, export and push")
     learner: SACConfig = section(SACConfig, "The learner's settings (SACConfig): learner.batch_size, ...")
 
 

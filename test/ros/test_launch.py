@@ -140,7 +140,7 @@ def _run_launch(values: dict):
         declared = {a.args[0]: a.kwargs.get("default_value") for a in recorded["DeclareLaunchArgument"]}
         ctx = types.SimpleNamespace(launch_configurations={
             "config": "/cfg/agent.yaml", "bundle": "", "robot": "", "use_sim_time": "false", "namespace": "",
-            "log_level": "info",
+            "log_level": "info", "autostart": "",
             **values})
         (opaque,) = recorded["OpaqueFunction"]
         (node,) = opaque.kwargs["function"](ctx)
@@ -164,6 +164,15 @@ def test_launch_logic_with_stand_ins():
     assert node["namespace"].name == "namespace"
     _, _, node = _run_launch({"bundle": "/b/v2", "use_sim_time": "true"})
     assert node["parameters"][1] == {"use_sim_time": True, "bundle": "/b/v2"}
+    # autostart: the lifecycle state the managed node takes itself to; empty keeps the file's
+    assert declared["autostart"] == ""
+    _, _, node = _run_launch({"autostart": "inactive"})
+    assert node["parameters"][1] == {"use_sim_time": False, "autostart": "inactive"}
+    from wsa_ros import config as C
+
+    assert C.from_dict(C.AgentConfig, {"autostart": "inactive"}).autostart == "inactive"
+    with pytest.raises(C.ConfigError, match="autostart"):
+        C.from_dict(C.AgentConfig, {"autostart": "configured"})
 
 
 def test_launch_robot_argument_sets_the_arms_topics_and_interface(tmp_path):

@@ -101,6 +101,49 @@ def test_joint_names_in_any_order_and_extra_joints_are_ignored(tiny_bundle, engi
     assert r.core.counters["joint_missing"] == 1
 
 
+def test_lifecycle_inactive_holds_refuses_enable_and_activate_acts(tiny_bundle):
+    """A managed node's configure makes an inactive core: nothing acts (not even with
+    start_enabled) and ~/enable is refused until set_active; deactivating sends the stop command
+    at once and then repeats it as the hold; the e-stop still latches while inactive."""
+    r = Robot(tiny_bundle, trigger="timer")
+    r.core = AgentCore(r.cfg, r.sink, active=False)
+    r.tick(3)
+    assert r.sink.commands == [] and r.sink.records == []
+    ok, msg = r.core.enable(True, r.t)
+    assert not ok and "inactive" in msg and "activate" in msg
+    assert r.core.diagnostics(r.t)[2][0] == ("lifecycle", "inactive")
+    assert "active" in r.core.set_active(True, r.t)  # start_enabled: acting once inputs are fresh
+    r.tick(3)
+    assert len(r.sink.records) == 3
+    n = len(r.sink.commands)
+    assert r.core.set_active(False, r.t) == "inactive; stop command sent"
+    assert len(r.sink.commands) == n + 1 and np.all(r.sink.commands[-1] == 0)  # at once, before a tick
+    r.tick(4)
+    assert len(r.sink.records) == 3 and len(r.sink.commands) == n + 5  # the hold: a stop per tick
+    assert all(np.all(c == 0) for c in r.sink.commands[n:])
+    assert not r.core.enable(True, r.t)[0]
+    r.core.estop(True)
+    assert r.core.sup.state.value == "estop"
+    assert "refused: the e-stop is engaged" in r.core.set_active(True, r.t)  # active, but not acting
+    r.tick(2)
+    assert len(r.sink.records) == 3
+    r.core.set_active(False, r.t)
+    r.core.estop(False)
+    # with start_enabled, activate is the operator's enable: the released e-stop's latch clears
+    r.core.set_active(True, r.t)
+    r.tick(3)
+    assert len(r.sink.records) == 6
+    # without start_enabled, activate only permits ~/enable
+    q = Robot(tiny_bundle, trigger="timer", start_enabled=False)
+    q.core = AgentCore(q.cfg, q.sink, active=False)
+    assert "call ~/enable" in q.core.set_active(True, q.t)
+    q.tick(2)
+    assert q.sink.commands == []
+    assert q.core.enable(True, q.t)[0]
+    q.tick(2)
+    assert len(q.sink.records) == 2
+
+
 def test_nothing_is_commanded_before_enable_and_the_watchdog_stops_a_stale_camera(tiny_bundle):
     r = Robot(tiny_bundle, start_enabled=False, max_obs_age_s=0.1)
     r.tick(3)

@@ -54,6 +54,8 @@ class OnlineLearner:
         self.push_fn = push
         torch.set_num_threads(cfg.learner.torch_threads)
         self._stop = threading.Event()
+        self.training = threading.Event()  # set: updates, exports and pushes run (set_training)
+        self._trained_before = False
         self._lock = threading.Lock()
         self.crashes: dict[str, int] = {}
 
@@ -138,12 +140,28 @@ class OnlineLearner:
         self.log(f"behaviour cloning: {sac.bc_steps} steps, loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}")
         self._export_requested = True
 
-    def start(self) -> None:
+    def start(self, training: bool = True) -> None:
+        """Start storing what arrives, and training unless ``training=False`` (a managed node's
+        configure: transitions are stored and kept for training, and updates, exports and pushes
+        wait for :meth:`set_training`)."""
         self.store.start()
         for t in self._threads:
             t.start()
-        if self.cfg.push and self.cfg.push_via == "topic":
+        if training:
+            self.set_training(True)
+
+    def set_training(self, on: bool) -> str:
+        """Train, export and push (on), or pause after the update in progress (off; an export
+        already under way still finishes and pushes). Returns what happened."""
+        if not on:
+            self.training.clear()
+            return f"training paused at update {self.trainer.updates}; transitions are still stored"
+        first = not self._trained_before
+        self._trained_before = True
+        self.training.set()
+        if first and self.cfg.push and self.cfg.push_via == "topic":
             self.resend_last_push()
+        return f"training from update {self.trainer.updates}"
 
     def _guard(self, fn) -> None:
         """A worker thread that dies is a bug: log it loudly and keep the node (and the robot) alive."""
@@ -163,7 +181,8 @@ class OnlineLearner:
 
     def request_export(self) -> str:
         self._export_requested = True
-        return f"export requested at update {self.trainer.updates}"
+        return f"export requested at update {self.trainer.updates}" + (
+            "" if self.training.is_set() else " (training is paused: it runs after the next activate)")
 
     # ================================================================== ingest thread
     def _ingest_loop(self) -> None:
@@ -209,6 +228,9 @@ class OnlineLearner:
         tr = self.trainer
         while not self._stop.is_set():
             self._drain()
+            if not self.training.is_set():  # paused: what arrives is kept for when training resumes
+                self._stop.wait(0.05)
+                continue
             updated = tr.ready()
             if updated:
                 tr.step()
@@ -374,7 +396,7 @@ class OnlineLearner:
             "store": self.store.stats(), "inbox": ing["inbox"], "updates": tr.updates,
             "resumed_from": tr.resumed_from, "updates_per_s": round(tr.updates_per_s, 1),
             "online": len(tr.replay.online), "demos": len(tr.replay.demos), "received": tr.received,
-            "exports": tr.exports, "last_export": self.last_export, "version_pushed": self.version_pushed,
+            "training": self.training.is_set(), "exports": tr.exports, "last_export": self.last_export, "version_pushed": self.version_pushed,
             "pushes": self.pushes[-max(3, 2 * len(self.agents)):], "episodes": self.episodes_seen,
             "robots": self._robots(),
             "success_rate_20": float(np.mean(tr.episode_window)) if tr.episode_window else None,

@@ -23,8 +23,12 @@ back to rclpy's ``SingleThreadedExecutor`` should a future rclpy change it.
 """
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from typing import Callable
+
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from rclpy.guard_condition import GuardCondition
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -91,3 +95,33 @@ class ControlLoop:
     def shutdown(self, timeout_sec: float | None = None) -> None:
         """Stop :meth:`spin` (from any thread); it returns after the callback in progress."""
         self._on_context_shutdown()
+
+
+class ControlThread:
+    """``node`` served on a thread of its own from construction to :meth:`stop`: by a
+    :class:`ControlLoop` (``kind`` waitset) or rclpy's ``SingleThreadedExecutor`` (rclpy). Should
+    the loop itself fail (callbacks guard themselves), the process is taken down rather than
+    left running without control."""
+
+    def __init__(self, node, kind: str, on_error: Callable[[str, BaseException], None], log):
+        if kind == "waitset":
+            self.loop = ControlLoop(node, on_error=on_error)
+        else:
+            self.loop = SingleThreadedExecutor(context=node.context)
+            self.loop.add_node(node)
+        self.log = log
+        self.thread = threading.Thread(target=self._spin, name="wsa-control", daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.loop.spin()
+        except ExternalShutdownException:
+            pass
+        except Exception as exc:  # noqa: BLE001 - callbacks are guarded; this is the loop itself
+            self.log.fatal(f"control executor stopped: {type(exc).__name__}: {exc}")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.loop.shutdown(timeout_sec=1.0)
+        self.thread.join(timeout=2.0)

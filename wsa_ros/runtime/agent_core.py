@@ -47,6 +47,7 @@ from wsa_ros.runtime.observation import JOINTS, FrameSample, JointReader, JointR
 from wsa_ros.runtime.safety import State, Supervisor, SupervisorConfig
 
 WINDOW = 1000  # samples kept for median / p99
+INACTIVE = "inactive (lifecycle); activate it (lifecycle_msgs/srv/ChangeState on <node>/change_state)"
 OK, WARN, ERROR = 0, 1, 2  # diagnostic levels (diagnostic_msgs/DiagnosticStatus)
 
 
@@ -86,10 +87,13 @@ def stream_name(camera: str) -> str:
 
 class AgentCore:
     """One agent (see the module docstring). ``sink`` receives the outputs; ``log`` is a
-    logger with ``info`` / ``warning`` / ``error`` (the node's)."""
+    logger with ``info`` / ``warning`` / ``error`` (the node's). ``active=False`` makes an
+    inactive agent (a lifecycle node after configure): it holds, refuses ~/enable and acts
+    only after :meth:`set_active`."""
 
-    def __init__(self, cfg: AgentConfig, sink: Sink, log=None):
+    def __init__(self, cfg: AgentConfig, sink: Sink, log=None, active: bool = True):
         self.cfg = cfg
+        self.active = bool(active)
         self.sink = sink
         self.log = log or logging.getLogger("wsa_ros.agent")
         self.period = 1.0 / cfg.control_rate_hz
@@ -126,7 +130,9 @@ class AgentCore:
         self.sup = Supervisor(SupervisorConfig(
             mode=self.mode, low=list(b.action.low), high=list(b.action.high), max_age=cfg.max_obs_age_s,
             period=self.period, max_rate=cfg.max_rate, blend_in_s=cfg.blend_in_s,
-            start_enabled=cfg.start_enabled, streams=self.streams))
+            start_enabled=cfg.start_enabled and self.active, streams=self.streams))
+        if not self.active:
+            self.sup.reason = INACTIVE
         if cfg.max_obs_age_s < self.period:
             self.log.warning(f"max_obs_age_s {cfg.max_obs_age_s} is shorter than one control period "
                              f"{self.period:.4f} s; the watchdog will trip on ordinary jitter")
@@ -419,15 +425,48 @@ class AgentCore:
             self.log.warning(f"e-stop released: state {tr.state.value} ({tr.reason})")
 
     def enable(self, on: bool, now_ns: int) -> tuple[bool, str]:
-        measured = self.measured()
-        with self._out_lock:
-            ok, message = self.sup.enable(bool(on), now_ns * 1e-9, measured)
-            if ok and not on and self.sup.owns:
-                stop = self.sup.update(now_ns * 1e-9, {}, measured).stop  # disabled: stop right away
-                if stop is not None:
-                    self.sink.command(stop)
+        if on and not self.active:
+            message = ("refused: the node is inactive; activate it first (lifecycle_msgs/srv/ChangeState on "
+                       "<node>/change_state, transition activate)")
+            self.log.warning(f"~/enable True: {message}")
+            return False, message
+        if on:
+            with self._out_lock:
+                ok, message = self.sup.enable(True, now_ns * 1e-9, self.measured())
+        else:
+            ok, message = True, self._disable(now_ns, "disabled by operator")[1]
         self.log.info(f"~/enable {on}: {message} (state {self.sup.state.value})")
         return ok, message
+
+    def _disable(self, now_ns: int, reason: str, lock_timeout: float = -1) -> tuple[bool, str]:
+        """Disable; the stop command goes out at once when the agent has been commanding.
+        Returns (stop command sent, the supervisor's message)."""
+        got = self._out_lock.acquire(timeout=lock_timeout)
+        try:
+            measured = self.measured()
+            _ok, message = self.sup.enable(False, now_ns * 1e-9, measured, reason)
+            stop = self.sup.update(now_ns * 1e-9, {}, measured).stop  # None unless we were commanding
+            if stop is not None:
+                self.sink.command(stop)
+            return stop is not None, message
+        finally:
+            if got:
+                self._out_lock.release()
+
+    def set_active(self, on: bool, now_ns: int) -> str:
+        """The lifecycle's activate / deactivate. Activating lets ~/enable act, and enables at once
+        with ``start_enabled``; deactivating disables (the stop command goes out at once when the
+        agent has been commanding, and stays the command while inactive) until the next activate.
+        Returns what happened."""
+        if on:
+            self.active = True
+            if self.cfg.start_enabled:
+                return "active; " + self.enable(True, now_ns)[1]
+            self.sup.reason = "active; call ~/enable"
+            return "active; call ~/enable (std_srvs/SetBool) to act"
+        sent, _ = self._disable(now_ns, INACTIVE)
+        self.active = False
+        return "inactive; " + ("stop command sent" if sent else "no command sent (it was not commanding)")
 
     def shutdown(self, now_ns: int) -> bool:
         """Disable and send the stop command once more when the agent has been commanding (a
@@ -436,17 +475,7 @@ class AgentCore:
         if self._closed:
             return False
         self._closed = True
-        got = self._out_lock.acquire(timeout=1.0)
-        try:
-            measured = self.measured()
-            self.sup.enable(False, now_ns * 1e-9, measured)
-            stop = self.sup.update(now_ns * 1e-9, {}, measured).stop  # None unless we were commanding
-            if stop is not None:
-                self.sink.command(stop)
-            return stop is not None
-        finally:
-            if got:
-                self._out_lock.release()
+        return self._disable(now_ns, "shut down", lock_timeout=1.0)[0]
 
     # ================================================================== hot-swap
     def swap(self, path_str: str) -> tuple[bool, str]:
@@ -542,6 +571,7 @@ class AgentCore:
         eng = self.engine
         teleop = self._teleop
         kv: list[tuple[str, Any]] = [
+            ("lifecycle", "active" if self.active else "inactive"),
             ("state", snap["state"]), ("reason", snap["reason"]), ("estop_engaged", snap["estop_engaged"]),
             ("watchdog_trips", snap["trips"]),
             ("policy_version", eng.version), ("policy_name", eng.bundle.name), ("bundle", self.engine_path),

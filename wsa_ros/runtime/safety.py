@@ -286,14 +286,16 @@ class Supervisor:
             self._begin_stop(measured)
 
     # ------------------------------------------------------------------ operator requests
-    def enable(self, on: bool, now: float, measured=None) -> tuple[bool, str]:
+    def enable(self, on: bool, now: float, measured=None, reason: str = "disabled by operator") -> tuple[bool, str]:
         """``~/enable`` (SetBool). Enabling clears the watchdog / e-stop latch and waits for
-        fresh inputs; refused while the e-stop is engaged. Returns (success, message)."""
+        fresh inputs; refused while the e-stop is engaged. Returns (success, message);
+        ``reason`` is the state's reason after disabling."""
         with self._lock:
             if not on:
                 if self.state == State.DISABLED:
+                    self.reason = reason
                     return True, "already disabled"
-                self._goto(State.DISABLED, "disabled by operator", measured)
+                self._goto(State.DISABLED, reason, measured)
                 return True, "disabled"
             if self.estop_engaged:
                 return False, "refused: the e-stop is engaged; release it (publish false) first"

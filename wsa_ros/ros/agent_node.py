@@ -156,7 +156,7 @@ class AgentNode(ManagedNode):
         if cfg.policy_topic:  # bundles as bytes (no shared filesystem); default group: serialised with swaps
             own(self.create_subscription(
                 UInt8MultiArray, cfg.policy_topic, lambda m: self._guarded("policy transfer", self._on_policy, m),
-                M.POLICY_QOS))
+                M.POLICY_SUB_QOS))
         self._diag_timer = self.create_timer(cfg.diagnostics_period_s, lambda: self._guarded(
             "diagnostics", self._publish_diagnostics), callback_group=MutuallyExclusiveCallbackGroup())
         own(self._diag_timer)

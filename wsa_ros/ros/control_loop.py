@@ -29,7 +29,6 @@ import threading
 from typing import Callable
 
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
 from rclpy.guard_condition import GuardCondition
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.subscription import Subscription

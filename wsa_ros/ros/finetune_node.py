@@ -76,7 +76,6 @@ class FinetuneNode(ManagedNode):
         cams = self.learner.bundle.cameras
         best_effort = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.BEST_EFFORT)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        self._agents = {}
         for ns, src in zip(cfg.namespaces, self.learner.sources):
             for cam, topic in zip(cams, cfg.camera_topics):
                 comp = is_compressed_topic(join_ns(ns, topic))

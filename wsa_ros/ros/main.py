@@ -12,8 +12,7 @@
   the learner flushes its store), then the executor and the context are shut down.
   Exit code 0.
 
-A node may provide ``make_executor()`` (default: one ``SingleThreadedExecutor``),
-``start()`` (called once spinning is about to begin, e.g. to start its own threads) and a
+A node may provide ``make_executor()`` (default: one ``SingleThreadedExecutor``) and a
 ``finished`` flag (a lifecycle node shut down through its ``change_state`` service sets it,
 and the process ends, exit code 0).
 """
@@ -54,8 +53,6 @@ def run_node(name: str, make: Callable[[], object], start_errors: tuple = (), ar
             starting[0] = False
         executor = node.make_executor() if hasattr(node, "make_executor") else SingleThreadedExecutor()
         executor.add_node(node)
-        if hasattr(node, "start"):
-            node.start()
         while rclpy.ok() and not stop.is_set() and not getattr(node, "finished", False):
             executor.spin_once(timeout_sec=SPIN_SLICE_S)
     except (KeyboardInterrupt, ExternalShutdownException):

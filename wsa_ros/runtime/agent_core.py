@@ -425,13 +425,12 @@ class AgentCore:
             self.log.warning(f"e-stop released: state {tr.state.value} ({tr.reason})")
 
     def enable(self, on: bool, now_ns: int) -> tuple[bool, str]:
-        if on and not self.active:
-            message = ("refused: the node is inactive; activate it first (lifecycle_msgs/srv/ChangeState on "
-                       "<node>/change_state, transition activate)")
-            self.log.warning(f"~/enable True: {message}")
-            return False, message
         if on:
-            with self._out_lock:
+            with self._out_lock:  # checked under the lock a deactivate disables under: never enabled after it
+                if not self.active:
+                    message = f"refused: {INACTIVE}"
+                    self.log.warning(f"~/enable True: {message}")
+                    return False, message
                 ok, message = self.sup.enable(True, now_ns * 1e-9, self.measured())
         else:
             ok, message = True, self._disable(now_ns, "disabled by operator")[1]
@@ -464,8 +463,8 @@ class AgentCore:
                 return "active; " + self.enable(True, now_ns)[1]
             self.sup.reason = "active; call ~/enable"
             return "active; call ~/enable (std_srvs/SetBool) to act"
+        self.active = False  # first: an ~/enable from another thread from now on is refused
         sent, _ = self._disable(now_ns, INACTIVE)
-        self.active = False
         return "inactive; " + ("stop command sent" if sent else "no command sent (it was not commanding)")
 
     def shutdown(self, now_ns: int) -> bool:

@@ -83,7 +83,10 @@ def test_two_robots_one_learner_push_to_both_and_one_killed(tiny_bundle, tmp_pat
                 command_topic=CMD, **EPISODE), ros_args=["-r", f"__ns:={ns}"]))
             agents[ns] = AgentProcess(DOMAIN, dict(
                 bundle=str(own), providers=["cpu"], camera_topics=[CAM], joint_states_topic=JS, command_topic=CMD,
-                teleop_topic="wsa/teleop", control_rate_hz=30.0, max_obs_age_s=0.5, blend_in_s=0.0, max_rate=0.0,
+                teleop_topic="wsa/teleop", control_rate_hz=30.0, blend_in_s=0.0, max_rate=0.0,
+                # 1 s: in a clean-clone run both sims' streams paused 508-516 ms together while the learner
+                # loaded (7 processes, 2 cores); both watchdogs tripped, correctly, and latched
+                max_obs_age_s=1.0,
                 trigger="camera", start_enabled=True, trusted_keys=[str(trusted)], allow_unsigned=False,
                 policy_topic=POLICY, policy_cache_dir=str(home / "cache")), namespace=ns, log_dir=str(logs / ns[1:]),
                 env={"HOME": str(home)})

@@ -390,7 +390,7 @@ def bench_latency(bundle_path: Path, rounds: int, domain: int) -> list[dict]:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, JointState
 
-    from wsa_ros.runtime.bundle import load_bundle
+    from wsa_ros.runtime.bundle import load_bundle, split_policy_id
     from wsa_ros.runtime.images import array_to_image_fields
     from wsa_ros.learn.transitions import TransitionSpec
     from wsa_ros.learn.validate import export_policy, validate_bundle
@@ -414,7 +414,7 @@ def bench_latency(bundle_path: Path, rounds: int, domain: int) -> list[dict]:
     node = rclpy.create_node("bench_learner", context=ctx)
     seen: dict[str, float] = {}
     node.create_subscription(JointState, "/agent_node/action_record",
-                             lambda m: seen.setdefault(m.header.frame_id, time.perf_counter()),
+                             lambda m: seen.setdefault(split_policy_id(m.header.frame_id)[0], time.perf_counter()),
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     pub_img = node.create_publisher(Image, "/camera/image_raw", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     pub_js = node.create_publisher(JointState, "/joint_states", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "ros"))  # ros_peer
 sys.path.insert(0, str(ROOT))
 
-from ros_peer import AgentProcess, Peer, rgb_frame, wait_for  # noqa: E402
+from ros_peer import AgentProcess, Peer, rgb_frame, version_of, wait_for  # noqa: E402
 
 CAM, JS, POLICY = "/bench/camera/image_raw", "/bench/joint_states", "/bench/policy"
 
@@ -103,10 +103,10 @@ def main(argv=None) -> int:
         wait_for(lambda: len(peer.snapshot("records")) > 30, 60, "the agent acting")
 
         def acting(version: str, t0: float) -> tuple[float, float]:
-            wait_for(lambda: any(r.header.frame_id == version for t, r in peer.snapshot("records") if t >= t0),
+            wait_for(lambda: any(version_of(r) == version for t, r in peer.snapshot("records") if t >= t0),
                      60, f"version {version} acting")
             recs = peer.snapshot("records")
-            t1 = next(t for t, r in recs if t >= t0 and r.header.frame_id == version)
+            t1 = next(t for t, r in recs if t >= t0 and version_of(r) == version)
             time.sleep(0.5)
             ts = np.array([t for t, _ in peer.snapshot("records") if t0 - 0.5 <= t <= t1 + 0.5])
             return t1 - t0, float(np.diff(ts).max())

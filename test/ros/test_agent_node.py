@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 
-from ros_peer import AgentProcess, Peer, Streamer, rgb_frame, stamp_key, wait_for  # noqa: E402
+from ros_peer import AgentProcess, Peer, Streamer, rgb_frame, stamp_key, version_of, wait_for  # noqa: E402
 
 from wsa_ros.runtime.engine import Engine  # noqa: E402
 
@@ -103,7 +103,7 @@ def test_actions_equal_engine_output_with_reordered_joints(tiny_bundle, engine1,
         assert key in st.frames, "the action record's stamp is not a frame we sent"
         stamps.add(key)
         want = engine1.step({"front": st.frames[key][0]}, p)
-        assert rec.header.frame_id == "1"
+        assert version_of(rec) == "1"
         assert list(rec.name) == JOINTS
         np.testing.assert_allclose(rec.position, want.action, rtol=0, atol=1e-9)
         np.testing.assert_allclose(cmd.data, want.action, rtol=0, atol=1e-9)
@@ -535,7 +535,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
                 t_done = time.time_ns()
                 assert res[0].successful, res[0].reason
                 n = len(peer.snapshot("records"))
-                wait_for(lambda: any(r.header.frame_id == version for _, r in peer.snapshot("records")[n - 5:]), 5,
+                wait_for(lambda: any(version_of(r) == version for _, r in peer.snapshot("records")[n - 5:]), 5,
                          f"version {version}")
                 time.sleep(0.5)
                 # gaps between commands as the agent sent them (DDS source timestamps, system clock)
@@ -558,7 +558,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
 
             n_v1 = len(peer.snapshot("records"))
             gap, limit, overloaded, msg = swap_to(b2, "2")
-            versions = [r.header.frame_id for _, r in peer.snapshot("records")]
+            versions = [version_of(r) for _, r in peer.snapshot("records")]
             switch = versions.index("2")
             assert switch >= n_v1 - 1 and set(versions[:switch]) == {"1"} and set(versions[switch:]) == {"2"}
             # On a healthy machine one swap must keep every gap within two periods. When the
@@ -585,7 +585,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
             assert peer.get_params(["bundle"]) == [str(b2)]
             n = len(peer.snapshot("records"))
             wait_for(lambda: len(peer.snapshot("records")) >= n + 10, 10, "actions after the refusals")
-            assert {r.header.frame_id for _, r in peer.snapshot("records")[n:]} == {"2"}
+            assert {version_of(r) for _, r in peer.snapshot("records")[n:]} == {"2"}
             # out-of-range runtime parameter: refused by the descriptor
             res = peer.set_params({"max_obs_age_s": 100.0})
             assert not res[0].successful
@@ -599,7 +599,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
             r = peer.trigger("rollback")
             assert r.success and "version 1" in r.message, r.message
             n = len(peer.snapshot("records"))
-            wait_for(lambda: sum(r.header.frame_id == "1" for _, r in peer.snapshot("records")[n:]) >= 5, 10,
+            wait_for(lambda: sum(version_of(r) == "1" for _, r in peer.snapshot("records")[n:]) >= 5, 10,
                      "version 1 after rollback")
             assert peer.get_params(["bundle"]) == [str(tiny_bundle)]
             r = peer.trigger("rollback")
@@ -607,7 +607,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
             r = peer.trigger("reload")
             assert r.success and "version 2" in r.message, r.message
             n = len(peer.snapshot("records"))
-            wait_for(lambda: sum(r.header.frame_id == "2" for _, r in peer.snapshot("records")[n:]) >= 5, 10,
+            wait_for(lambda: sum(version_of(r) == "2" for _, r in peer.snapshot("records")[n:]) >= 5, 10,
                      "version 2 after rollback of the rollback")
             d = peer.wait_diag(lambda d: int(d.get("rejected swap_rejected", 0)) >= 3, 5, "swap_rejected counter")
             assert d["policy_version"] == "2"
@@ -620,7 +620,7 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
     checked = 0
     for _, rec in records:
         key = stamp_key(rec.header.stamp)
-        eng = {"1": engine1, "2": e2}[rec.header.frame_id]
+        eng = {"1": engine1, "2": e2}[version_of(rec)]
         np.testing.assert_allclose(rec.position, eng.step({"front": st.frames[key][0]}, p).action, atol=1e-9)
         checked += 1
     assert checked > 50

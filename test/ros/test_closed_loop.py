@@ -17,6 +17,7 @@ import yaml
 
 from wsa_ros.tools.demo import Children, node_command, ros_env  # noqa: E402
 from wsa_ros.ros.monitor import RosSession  # noqa: E402
+from wsa_ros.runtime.bundle import split_policy_id  # noqa: E402
 
 DT_NS = 20_000_000
 SIM = dict(seed=3, max_episode_steps=25, publish_clock=True, real_time_factor=1.0)
@@ -43,7 +44,7 @@ class LoopProbe:
         n.create_subscription(JointState, "/joint_states",
                               lambda m: self.joints.__setitem__(_stamp_ns(m.header), np.array(m.velocity)), best)
         n.create_subscription(JointState, "/agent_node/action_record", lambda m: self.records.append(
-            (_stamp_ns(m.header), m.header.frame_id, np.array(m.position))), rel)
+            (_stamp_ns(m.header), split_policy_id(m.header.frame_id)[0], np.array(m.position))), rel)
         n.create_subscription(Float64MultiArray, "/forward_command_controller/commands",
                               lambda m: self.commands.append(np.array(m.data)), rel)
         n.create_subscription(Float32MultiArray, "/agent_node/alpha", lambda m: self.alphas.append(
@@ -193,6 +194,14 @@ def _check_demo_outputs(r, out, info, version: str) -> None:
         if rc != 0 and (out / "logs" / f"{n}.log").is_file()})
     assert info["offline_check"]["start"]["episodes"] == 2 and info["offline_check"]["start"]["version"] == version
     assert not (out / "replay").exists() and "replay_removed_bytes" in info  # no --keep-replay
+    # policies take the fleet's route: signed by the demo's own key, over ~/policy, the agent trusting it alone
+    agent, ft = _node_params(info, "agent_node"), _node_params(info, "finetune_node")
+    keys = (out / "keys").resolve()
+    assert agent["trusted_keys"] == [str(keys / "learner.pub")] and agent["allow_unsigned"] is False
+    assert agent["policy_topic"] == "/finetune_node/policy" and ft["push_via"] == "topic"
+    assert ft["signing_key"] == str(keys / "learner.key") and (keys / "learner.key").stat().st_mode & 0o777 == 0o600
+    start = (out / "start_signed").resolve()
+    assert agent["bundle"] == ft["bundle"] == str(start) and (start / "manifest.sig").is_file()
 
 
 def test_demo_fresh_start_end_to_end_writes_plots_and_summary(tmp_path, tiny_bundle):

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 
-from ros_peer import AgentProcess, Peer, rgb_frame, ros_env, stamp_key, stop_child, wait_for  # noqa: E402
+from ros_peer import AgentProcess, Peer, rgb_frame, ros_env, stamp_key, stop_child, version_of, wait_for  # noqa: E402
 
 from wsa_ros.runtime.bundle import load_bundle  # noqa: E402
 from wsa_ros.learn.store import ReplayStore  # noqa: E402
@@ -293,7 +293,7 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
             raise AssertionError(f"{exc}: {status()}\nlearner:\n{learner.output()}") from None
         pushed = st["version_pushed"]
         assert pushed.startswith("1+ft")
-        wait_for(lambda: any(r.header.frame_id == pushed for _, r in peer.snapshot("records")), 20,
+        wait_for(lambda: any(version_of(r) == pushed for _, r in peer.snapshot("records")), 20,
                  f"the agent acting with policy {pushed}")
         assert (out_dir / f"tiny-{pushed}" / "manifest.sig").is_file()  # signed, or the agent would have refused it
         assert any(p["agent"] == "/r2/agent_node" and p["ok"] is False and "not available" in p["reason"]
@@ -379,7 +379,7 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
     assert (d["source"] == "/r2").sum() > 10  # the second robot fed the same learner
     stamps, nxt, rewards = d["stamp_ns"][mine], d["next_stamp_ns"][mine], d["reward"][mine]
     rec_stamps = [stamp_key(r.header.stamp) for _, r in records]
-    versions = {r.header.frame_id for _, r in records}
+    versions = {version_of(r) for _, r in records}
     assert set(d["version"][mine]) <= versions
     # in order, and every transition's next observation is the agent's next record's frame
     # (or, at an episode end, the final frame)

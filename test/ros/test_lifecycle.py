@@ -82,15 +82,20 @@ def test_lifecycle_drives_the_agent_from_unconfigured_to_active_and_back(tiny_bu
             # ---------------------------------------------------------------- deactivate -> stop, hold
             t_deact = time.monotonic()
             assert _change(peer, Transition.TRANSITION_DEACTIVATE), agent.output()
+            t_done_ns = time.time_ns()  # the reply is in: the agent has finished deactivating
             assert _state(peer) == "inactive"
             n_records = len(peer.snapshot("records"))
             time.sleep(1.0)
-            after = _since(peer, "commands", t_deact)
-            # the stop command at once, then stop commands (the hold) at the control rate: no action
-            assert any(_zeros(c) for c in after), "no stop command after deactivate"
-            first_stop = next(i for i, c in enumerate(after) if _zeros(c))
-            assert all(_zeros(c) for c in after[first_stop:]), "an action went out while inactive"
-            assert first_stop <= 1, "more than one tick's action after the deactivate returned"
+            with peer.lock:
+                cmds, src = list(peer.commands), list(peer.command_src)
+            after = [(s, m) for (t, m), s in zip(cmds, src) if t > t_deact]
+            # the stop command before the reply, then stop commands (the hold) at the control rate: no
+            # action. Timed by the agent's own DDS source stamps, not by when this process sent the
+            # request (ticks the agent sent before it took the request are legitimate actions).
+            assert any(_zeros(c) for _, c in after), "no stop command after deactivate"
+            first_stop = next(i for i, (_, c) in enumerate(after) if _zeros(c))
+            assert all(_zeros(c) for _, c in after[first_stop:]), "an action went out while inactive"
+            assert after[first_stop][0] <= t_done_ns, "the stop command went out after deactivate returned"
             assert len(peer.snapshot("records")) <= n_records + 1
             r = peer.enable(True)
             assert not r.success and "inactive" in r.message

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ros_peer import AgentProcess, Peer, wait_for
+from ros_peer import AgentProcess, Peer, version_of, wait_for
 from test_finetune_node import CAM, END, JS, RATE_HZ, REWARD, START_TIMEOUT, Environment, FinetuneProcess, _status_sub
 
 from wsa_ros.runtime.signing import generate_keypair, sign_bundle
@@ -94,8 +94,8 @@ def test_policies_travel_over_ros_to_an_agent_with_no_path_in_common(tiny_bundle
         assert bundle_param.startswith(str(cache)) and str(station) not in bundle_param, bundle_param
         assert (Path(bundle_param) / "manifest.sig").is_file()
         recs = peer.snapshot("records")
-        first = next(i for i, (_, r) in enumerate(recs) if r.header.frame_id == pushed)
-        assert first > 0 and {r.header.frame_id for _, r in recs[:first]} == {"1"}
+        first = next(i for i, (_, r) in enumerate(recs) if version_of(r) == pushed)
+        assert first > 0 and {version_of(r) for _, r in recs[:first]} == {"1"}
         t = np.array([t for t, _ in recs[max(first - 30, 0):first + 30]])
         gap = float(np.diff(t).max())
         print(f"largest gap between action records around the swap: {gap * 1e3:.0f} ms "
@@ -114,7 +114,7 @@ def test_policies_travel_over_ros_to_an_agent_with_no_path_in_common(tiny_bundle
             raise fail(exc) from None
         n = len(peer.snapshot("records"))
         wait_for(lambda: len(peer.snapshot("records")) > n + 10, 20, "more actions")
-        acted = [r.header.frame_id for _, r in peer.snapshot("records")[n:]]
+        acted = [version_of(r) for _, r in peer.snapshot("records")[n:]]
         assert all(v.startswith("1+ft") and v != "1+ft999" for v in acted), set(acted)  # the learner's act
         assert "altered after signing" in agent.output()
         # ---------------------------------------------------------------- the agent restarts
@@ -122,13 +122,13 @@ def test_policies_travel_over_ros_to_an_agent_with_no_path_in_common(tiny_bundle
         agent2 = AgentProcess(DOMAIN, agent_params, log_dir=str(logs / "a2"), env=agent_env)
         n = len(peer.snapshot("records"))
         try:  # from its own start bundle, then the newest from the transient-local topic
-            wait_for(lambda: any(r.header.frame_id.startswith("1+ft") for _, r in peer.snapshot("records")[n:]),
+            wait_for(lambda: any(version_of(r).startswith("1+ft") for _, r in peer.snapshot("records")[n:]),
                      START_TIMEOUT, "the restarted agent acting on the learner's newest policy")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\nagent2:\n{agent2.output()}") from None
-        acted = [r.header.frame_id for _, r in peer.snapshot("records")[n:]]
+        acted = [version_of(r) for _, r in peer.snapshot("records")[n:]]
         assert "1+ft999" not in acted, set(acted)
-        wait_for(lambda: status()["version_pushed"] == peer.snapshot("records")[-1][1].header.frame_id, 10,
+        wait_for(lambda: status()["version_pushed"] == version_of(peer.snapshot("records")[-1][1]), 10,
                  "the learner to count its newest push as taken by the restarted agent")
         # the forged sample, still on the topic, refused again (before or after the learner's was taken)
         wait_for(lambda: "altered after signing" in agent2.output(), 20, "the restarted agent refusing the forged sample")

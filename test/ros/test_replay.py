@@ -274,6 +274,8 @@ def _same_actions(records, rows: dict) -> list:
 def test_replay_into_agent_equals_eval_bag(tiny_bundle, tmp_path):
     """The sample bag (the simulated arm, recorded) replayed with /clock into the live agent node
     gives, frame by frame, the same policy actions as ``wsa eval-bag`` on the same bag."""
+    from ros_peer import version_of
+
     from wsa_ros.tools import eval_bag
 
     with SimTimeAgent(tmp_path, 63, tiny_bundle) as agent:  # comes up while eval-bag runs
@@ -287,7 +289,7 @@ def test_replay_into_agent_equals_eval_bag(tiny_bundle, tmp_path):
     first = min(rows)
     frames = [s for s in rows if s < first + 600_000_000]
     assert len(agent.records) >= 0.7 * len(frames), (len(agent.records), len(frames), log, agent.log)
-    assert {r.header.frame_id for r in agent.records} == {"1"}  # the policy version
+    assert {version_of(r) for r in agent.records} == {"1"}  # the policy version
     wrong = _same_actions(agent.records, rows)
     assert not wrong, f"{len(wrong)} of {len(agent.records)} live actions differ from eval-bag's: {wrong[:3]}"
 

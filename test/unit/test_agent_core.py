@@ -9,6 +9,7 @@ import pytest
 from wsa_ros.config import AgentConfig
 from wsa_ros.runtime import bags
 from wsa_ros.runtime.agent_core import ERROR, OK, AgentCore, AgentError
+from wsa_ros.runtime.bundle import split_policy_id
 from wsa_ros.runtime.engine import Engine
 
 MS = 1_000_000
@@ -23,8 +24,9 @@ class Sink:
     def command(self, cmd):
         self.commands.append(np.array(cmd))
 
-    def record(self, stamp, version, joints, cmd, action_norm, action):
-        self.records.append(dict(stamp=stamp, version=version, joints=list(joints), cmd=np.array(cmd),
+    def record(self, stamp, policy, joints, cmd, action_norm, action):
+        version, sha256 = split_policy_id(policy)  # the reader's rule: a record names version and manifest
+        self.records.append(dict(stamp=stamp, version=version, sha256=sha256, joints=list(joints), cmd=np.array(cmd),
                                  norm=np.array(action_norm), action=np.array(action)))
 
     def alpha(self, names, alpha):
@@ -272,6 +274,10 @@ def test_hot_swap_rejects_incompatible_bundles_and_rolls_back(tiny_bundle, make_
     assert ok and r.core.engine.version == "2"
     r.tick(1)
     assert r.sink.records[-1]["version"] == "2"
+    # the record names the policy by its content too: the manifest digest /diagnostics reports
+    from wsa_ros.runtime.signing import manifest_sha256
+    assert r.sink.records[0]["sha256"] == manifest_sha256(tiny_bundle) != r.sink.records[-1]["sha256"]
+    assert r.sink.records[-1]["sha256"] == manifest_sha256(v2) == dict(r.core.diagnostics(r.t)[2])["policy_manifest_sha256"]
     other = make_bundle(action_dim=3, version="3")
     ok, msg = r.core.swap(str(other))
     assert not ok and "keeps running" in msg and r.core.engine.version == "2"

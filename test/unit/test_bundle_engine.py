@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from wsa_ros.runtime.bundle import (BundleError, EncoderSpec, InputSpec, compatible_with, load_bundle,
-                            sha256_file, write_manifest)
+from wsa_ros.runtime.bundle import (BundleError, EncoderSpec, InputSpec, compatible_with, load_bundle, policy_id,
+                            sha256_file, split_policy_id, write_manifest)
 from wsa_ros.runtime.engine import Engine, EngineError
 from wsa_ros.runtime.observation import build_proprio
 
@@ -235,6 +235,10 @@ def test_manifest_errors(bundle_copy):
     _write(bundle_copy, evil)
     with pytest.raises(BundleError, match="outside the bundle"):
         load_bundle(bundle_copy)
+    for bad in ("1 beta", "2@" + "a" * 64, ""):  # a version names the policy on the wire: no space, no '@'
+        _write(bundle_copy, {**m, "version": bad})
+        with pytest.raises(BundleError, match="version .* letters, digits"):
+            load_bundle(bundle_copy)
     _write(bundle_copy, {**m, "fusion": "magic"})
     with pytest.raises(BundleError, match="fusion"):
         load_bundle(bundle_copy)
@@ -494,3 +498,10 @@ def test_a_rewrite_that_changes_the_function_is_caught_at_load(tiny_bundle, monk
     frames, prop = _frames(eng.bundle, 4), _proprio(eng.bundle, 4)
     plain = Engine(tiny_bundle, providers=["cpu"], rewrite=False)
     np.testing.assert_allclose(eng.step(frames, prop).action_norm, plain.step(frames, prop).action_norm, atol=1e-5)
+
+
+def test_policy_id_carries_version_and_manifest_digest_and_reads_older_records():
+    d = "0123456789abcdef" * 4
+    assert policy_id("1+ft5", d) == f"1+ft5@{d}" and split_policy_id(f"1+ft5@{d}") == ("1+ft5", d)
+    assert split_policy_id("1+ft5") == ("1+ft5", "")  # a recording from before the digest travelled
+    assert split_policy_id("demo") == ("demo", "") and split_policy_id("x@notahash") == ("x@notahash", "")

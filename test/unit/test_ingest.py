@@ -51,13 +51,14 @@ class Env:
     def encode(images):
         return {"e": np.array([float(images["front"][0, 0, 0]), 0.0], np.float32)}
 
-    def step(self, k: int, source: str = "/", seq: int | None = None, record: bool = True, reward: float = -1.0):
+    def step(self, k: int, source: str = "/", seq: int | None = None, record: bool = True, reward: float = -1.0,
+             policy: str = "1"):
         t = T0 + k * 20 * MS
         self.msgs.append((t, source, "frame", ("front", False, bags.make_image(t, np.full((2, 2, 3), k, np.uint8))),
                           None))
         if record:
             m = bags.make_joint_state(t, JOINTS, [0.3 * (k % 10), 0.0], [0.1 * (k % 10), 0.0])
-            m.header.frame_id = "1"
+            m.header.frame_id = policy
             self.msgs.append((t + 2 * MS, source, "record", (m,), ("gid", seq if seq is not None else k)))
         self.msgs.append((t + 15 * MS, source, "reward", (reward,), None))
 
@@ -108,13 +109,19 @@ def test_a_lost_record_breaks_the_chain_instead_of_pairing_the_wrong_observation
 
 def test_two_robots_feed_one_ingest_and_stay_apart():
     env = Env(sources=("/", "/r2"))
+    digest = "5e" * 32
     for k in range(6):
-        env.step(k, "/", reward=-1.0)
-        env.step(k + 50, "/r2", reward=-2.0)
-    got = _summary(env.run(sorted(range(len(env.msgs)), key=lambda i: env.msgs[i][0])))
+        env.step(k, "/", reward=-1.0)  # a record as older agents and bags carry it: the version alone
+        env.step(k + 50, "/r2", reward=-2.0, policy=f"1+ft3@{digest}")  # version@manifest sha256
+    raw = env.run(sorted(range(len(env.msgs)), key=lambda i: env.msgs[i][0]))
+    got = _summary(raw)
     mine = [(a, b, r) for a, b, r, s in got if s == "/"]
     other = [(a, b, r) for a, b, r, s in got if s == "/r2"]
     assert mine == [(k, k + 1, -1.0) for k in range(5)] and other == [(k + 50, k + 51, -2.0) for k in range(5)]
+    assert {t["source"]: str(t["version"]) for t in raw} == {"/": "1", "/r2": "1+ft3"}
+    robots = env.ingest.robots(T0)
+    assert (robots["/"]["acting"], robots["/"]["acting_sha256"]) == ("1", "")
+    assert (robots["/r2"]["acting"], robots["/r2"]["acting_sha256"]) == ("1+ft3", digest)
 
 
 def test_a_full_inbox_counts_what_it_drops_and_a_bad_kind_is_counted_not_fatal():

@@ -126,3 +126,26 @@ def test_the_agent_swaps_in_a_received_signed_bundle_and_refuses_the_rest(make_b
     assert ok and "running already" in msg and r.core.engine.version == "3"
     r.tick(2)
     assert [rec["version"] for rec in r.sink.records][-2:] == ["3", "3"]
+
+
+def test_a_push_the_agent_went_past_is_answered_not_timed_out():
+    """push_via topic: the learner reads the answer to a push from the agent's action records. An
+    agent that took v5 and then v6 between two of the learner's looks answered both pushes; a push
+    to one agent is not answered by another agent acting on its version, nor by an older version;
+    records naming another manifest under the pushed version refuse the push."""
+    from wsa_ros.learn.online import answered_by_records
+
+    a, b = "a" * 64, "b" * 64
+
+    def push(agent, version, done=None, sha=a):
+        return {"agent": agent, "version": version, "done": done, "sha256": sha}
+
+    pushes = [push("/a", "1+ft4", done=1.0), push("/a", "1+ft5"), push("/b", "1+ft5"), push("/a", "1+ft6"),
+              push("/b", "1+ft6"), push("/c", "1+ft6"), push("/d", "1+ft6")]
+    got = answered_by_records(pushes, {"/a": ("1+ft6", a), "/b": ("1+ft5", ""), "/c": ("1+ft4", a),
+                                       "/d": ("1+ft6", b)})
+    assert [(r["agent"], r["version"], ok) for r, ok, _ in got] == [
+        ("/a", "1+ft5", True), ("/b", "1+ft5", True), ("/a", "1+ft6", True), ("/d", "1+ft6", False)]
+    assert got[0][2].startswith("superseded: acting on 1+ft6") and got[2][2].startswith("acting")
+    assert "different policy" in got[3][2] and "bbbbbbbbbbbb" in got[3][2]  # /d: another manifest under 1+ft6
+    assert answered_by_records(pushes, {}) == []  # no records from any agent: nothing answered

@@ -181,6 +181,7 @@ class Ingest:
         """Per robot (source): action records and transitions taken, the policy version its
         records carry now, and the age of its newest record in seconds (None before any)."""
         return {src: {"records": a.records_received, "accepted": a.accepted, "acting": a.last_version,
+                      "acting_sha256": a.last_policy_sha256,
                       "last_record_age_s": round((now_ns - a.last_record_ns) / 1e9, 2) if a.last_record_ns else None}
                 for src, a in self.assemblers.items()}
 

@@ -45,6 +45,30 @@ TRAIN_INBOX = 100_000  # transitions waiting for the training thread
 LOAD_CHUNK = 10_000
 
 
+def answered_by_records(pushes: list[dict], acting: dict[str, tuple[str, str]]) -> list[tuple[dict, bool, str]]:
+    """push_via topic: which pending pushes (``done`` None, oldest first) the agents' action
+    records answer, as (push, ok, reason); ``acting``: agent -> (version, manifest sha256) its
+    newest record carries. A push is answered when its agent acts on its version (refused when
+    the records name another manifest under that version: a different policy under its name),
+    or on a version pushed to it later: the agent went past it between two looks, so waiting
+    for it would time out a push that in fact arrived."""
+    out = []
+    for i, r in enumerate(pushes):
+        now, sha = acting.get(r["agent"], ("", ""))
+        if r["done"] is not None or not now:
+            continue
+        if now == r["version"]:
+            want = r.get("sha256", "")
+            if want and sha and sha != want:
+                out.append((r, False, f"acting under version {now} with manifest sha256 {sha[:12]}, not the pushed "
+                                      f"{want[:12]}: a different policy under that version"))
+            else:
+                out.append((r, True, "acting (its action records carry the version)"))
+        elif now in {q["version"] for q in pushes[i + 1:] if q["agent"] == r["agent"]}:
+            out.append((r, True, f"superseded: acting on {now}, pushed after it"))
+    return out
+
+
 class OnlineLearner:
     def __init__(self, cfg: FinetuneConfig, push: Callable[[str, str], None] | None = None, log=None,
                  error=None):
@@ -348,8 +372,11 @@ class OnlineLearner:
             return str(path)
         return str(Path(self.cfg.agent_bundle_root) / rel)
 
-    def push_sent(self, agent: str, version: str) -> dict:
-        rec = {"agent": agent, "version": version, "sent": time.time(), "done": None, "ok": None, "reason": ""}
+    def push_sent(self, agent: str, version: str, sha256: str = "") -> dict:
+        """A push on its way; ``sha256``: the bundle's manifest digest, which the agent's action
+        records must carry once it acts on ``version`` (push_via topic)."""
+        rec = {"agent": agent, "version": version, "sha256": sha256, "sent": time.time(), "done": None, "ok": None,
+               "reason": ""}
         with self._lock:
             self.pushes = (self.pushes + [rec])[-20:]
         return rec
@@ -369,11 +396,12 @@ class OnlineLearner:
     def _check_pushes(self) -> None:
         now = time.time()
         if self.cfg.push_via == "topic":  # taken once the agent's own action records carry the version
-            acting = {agent: self.ingest.assemblers[src].last_version for agent, src in zip(self.agents, self.sources)}
+            acting = {agent: (a.last_version, a.last_policy_sha256)
+                      for agent, a in ((agent, self.ingest.assemblers[src]) for agent, src in zip(self.agents, self.sources))}
             with self._lock:
-                taken = [r for r in self.pushes if r["done"] is None and acting.get(r["agent"]) == r["version"]]
-            for rec in taken:
-                self.pushed(rec, True, "acting (its action records carry the version)", "")
+                answered = answered_by_records(self.pushes, acting)
+            for rec, ok, reason in answered:
+                self.pushed(rec, ok, reason, "")
         with self._lock:
             late = [r for r in self.pushes if r["done"] is None and now - r["sent"] > self.cfg.push_timeout_s]
         robots = self.ingest.robots(time.time_ns()) if late else {}

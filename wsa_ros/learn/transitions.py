@@ -14,7 +14,8 @@
     truncated   the episode was cut by a time limit (bootstrapping from next_obs)
     intervention  a human's teleoperation command replaced the policy's action
     success   the success detector's last value during the step (-1 unknown, 0, 1)
-    version   the policy version that acted (the agent's ``header.frame_id``)
+    version   the policy version that acted (from the agent's ``header.frame_id``, the policy's
+              id ``<version>@<manifest sha256>``; ``bundle.split_policy_id``)
     source    which robot (agent namespace) it came from; ``episode``, ``step`` index it
 
 **Carried over standard messages** (no custom interface package), so ``ros2 bag record`` of
@@ -23,7 +24,7 @@ these topics is a complete, replayable record of the learning data:
     camera_topics        sensor_msgs/Image or CompressedImage   the frames (header.stamp)
     joint_states_topic   sensor_msgs/JointState                 proprioception (header.stamp)
     <agent>/action_record sensor_msgs/JointState  header.stamp = stamp of the frame acted on,
-                         frame_id = policy version, name = action joints, position = command
+                         frame_id = policy id (version@manifest sha256), name = action joints, position = command
                          sent (joint units), velocity = policy output in [-1, 1]
     reward_topic         std_msgs/Float64     one per environment step, before its new frame
     success_topic        std_msgs/Bool        per step, with the reward
@@ -79,7 +80,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from wsa_ros.runtime.bundle import Bundle
+from wsa_ros.runtime.bundle import Bundle, split_policy_id
 from wsa_ros.runtime.observation import FrameSample, JointReader, JointRejected, JointSample, StampHistory
 
 VERSION_LEN = 64  # fixed-width unicode columns in the store (no pickled objects anywhere)
@@ -339,6 +340,7 @@ class Assembler:
         self.accepted = 0
         self.records_received = 0
         self.last_version = ""
+        self.last_policy_sha256 = ""  # the acting policy's manifest digest ("" from older recordings)
         self.last_record_ns = 0  # order time (publish time) of the newest action record
         self.superseded = 0
         self.episodes: list[Episode] = []  # finished episodes not yet taken by the caller
@@ -397,11 +399,14 @@ class Assembler:
         computed from, by the agent's sync rule); None before the first frame."""
         return self._frames[self.cameras[0]].newest_stamp()
 
-    def add_record(self, recv_ns: int, stamp_ns: int | None, version: str, names, position, velocity=()) -> None:
+    def add_record(self, recv_ns: int, stamp_ns: int | None, policy: str, names, position, velocity=()) -> None:
         """An action record (sensor_msgs/JointState layout of the agent's ``~/action_record``).
-        ``stamp_ns`` None: a command with no frame before it (bag import)."""
+        ``policy``: its ``header.frame_id``, the acting policy's id (version@manifest sha256, or a
+        version alone in older recordings). ``stamp_ns`` None: a command with no frame before it
+        (bag import)."""
         self.records_received += 1
-        self.last_version = str(version)  # the policy acting now, by the agent's own account
+        version, self.last_policy_sha256 = split_policy_id(policy)
+        self.last_version = version  # the policy acting now, by the agent's own account
         self.last_record_ns = int(recv_ns)
         if stamp_ns is None:
             return self.reject("command_before_frame", "command recorded before any camera frame")
@@ -433,7 +438,7 @@ class Assembler:
         if stamp_ns <= self._last_stamp:
             return self.reject("stamp_out_of_order", f"record stamp {stamp_ns} not after the previous {self._last_stamp}")
         self._last_stamp = stamp_ns
-        step = _Step(recv_ns, stamp_ns, str(version), action, pol, intervention, self._episode, self._step_in_episode)
+        step = _Step(recv_ns, stamp_ns, version, action, pol, intervention, self._episode, self._step_in_episode)
         self._step_in_episode += 1
         self._ep_steps += 1
         self._ep_versions.add(step.version)

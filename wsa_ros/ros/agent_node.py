@@ -78,8 +78,8 @@ class _Outputs:
         self.cmd.publish(M.command_msg(cfg.output_mode, cmd, core.action_joints, core.mode, self.period_ns,
                                        cfg.command_frame_id, self.node.now_ns()))
 
-    def record(self, stamp, version, joints, cmd, action_norm, action) -> None:
-        self.rec.publish(M.action_record_msg(stamp, version, joints, cmd, action_norm, action))
+    def record(self, stamp, policy, joints, cmd, action_norm, action) -> None:
+        self.rec.publish(M.action_record_msg(stamp, policy, joints, cmd, action_norm, action))
 
     def alpha(self, names, alpha) -> None:
         self.alp.publish(M.alpha_msg(names, alpha))

@@ -135,11 +135,13 @@ class FinetuneNode(ManagedNode):
     def _push(self, version: str, path: str) -> None:
         """Called by the learner's export thread with a validated bundle."""
         if self._pub_policy is not None:  # push_via topic: the bundle itself, to every agent at once
+            from wsa_ros.runtime.signing import manifest_sha256
             from wsa_ros.runtime.transfer import pack_bundle
 
             blob, label = pack_bundle(path)
+            digest = manifest_sha256(path)
             for agent in self._agents:
-                self.learner.push_sent(agent, version)
+                self.learner.push_sent(agent, version, digest)
             self._pub_policy.publish(bundle_msg(blob, label))
             self.get_logger().info(f"published {version} on {self._pub_policy.topic_name} ({len(blob) / 1e6:.2f} MB)")
             return

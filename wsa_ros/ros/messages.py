@@ -72,12 +72,13 @@ def command_msg(output_mode: str, values, joint_names: list[str], action_mode: s
     return ts
 
 
-def action_record_msg(stamp_ns: int, version: str, joints: list[str], cmd, action_norm, action) -> JointState:
-    """``~/action_record``: stamp = the frame acted on, frame_id = policy version, position =
+def action_record_msg(stamp_ns: int, policy: str, joints: list[str], cmd, action_norm, action) -> JointState:
+    """``~/action_record``: stamp = the frame acted on, frame_id = the acting policy's id
+    (``<version>@<manifest sha256>``, ``wsa_ros.runtime.bundle.split_policy_id`` reads it), position =
     command sent, velocity = policy output in [-1, 1], effort = the policy's action (joint units)."""
     msg = JointState(name=list(joints), position=[float(x) for x in cmd],
                      velocity=[float(x) for x in action_norm], effort=[float(x) for x in action])
-    msg.header.stamp, msg.header.frame_id = time_msg(stamp_ns), str(version)
+    msg.header.stamp, msg.header.frame_id = time_msg(stamp_ns), str(policy)
     return msg
 
 

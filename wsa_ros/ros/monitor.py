@@ -11,6 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from wsa_ros.runtime.bundle import split_policy_id
 from wsa_ros.runtime.stamps import stamp_ns
 
 
@@ -144,7 +145,7 @@ class Monitor:
 
     def _on_record(self, msg, info):
         stamp = stamp_ns(msg.header.stamp)
-        self.records.append((stamp, msg.header.frame_id, self._seq(info)))
+        self.records.append((stamp, split_policy_id(msg.header.frame_id)[0], self._seq(info)))
         if self.first_action_wall is None:
             self.first_action_wall = self.now()
 

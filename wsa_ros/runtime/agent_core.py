@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wsa_ros.config import AgentConfig, resolve_bundle
-from wsa_ros.runtime.bundle import Bundle, BundleError, compatible_with, load_bundle
+from wsa_ros.runtime.bundle import Bundle, BundleError, compatible_with, load_bundle, policy_id
 from wsa_ros.runtime.engine import Engine, EngineError, PolicyOutputError
 from wsa_ros.runtime.images import ImageError
 from wsa_ros.runtime.observation import JOINTS, FrameSample, JointReader, JointRejected, JointSample, Observation, \
@@ -60,8 +60,9 @@ class Sink(Protocol):
 
     def command(self, cmd: np.ndarray) -> None: ...
 
-    def record(self, stamp_ns: int, version: str, joints: list[str], cmd: np.ndarray, action_norm: np.ndarray,
-               action: np.ndarray) -> None: ...
+    def record(self, stamp_ns: int, policy: str, joints: list[str], cmd: np.ndarray, action_norm: np.ndarray,
+               action: np.ndarray) -> None:
+        """policy: the acting policy's id (``bundle.policy_id``: version and manifest digest)."""
 
     def alpha(self, names: list[str], alpha: np.ndarray) -> None: ...
 
@@ -176,6 +177,7 @@ class AgentCore:
                 raise
         eng = Engine(path, providers=c.providers, threads=c.intra_op_threads, warmup=True, cache_dir=c.trt_cache_dir)
         eng.signature = sig
+        eng.policy_id = policy_id(eng.version, sig.manifest_sha256)  # what the action records carry
         if c.exploration_sample and not eng.has_log_std:
             self.log.warning(f"{path}: policy.onnx has no log_std output (exported before it existed), so "
                              f"exploration_sample cannot sample from it; exploring with exploration_std "
@@ -390,7 +392,7 @@ class AgentCore:
             if cmd is None:
                 return  # stopped while the engine ran: the action is void
             self.sink.command(cmd)
-            self.sink.record(obs.stamp_ns, eng.version, self.action_joints, cmd, r.action_norm, r.action)
+            self.sink.record(obs.stamp_ns, eng.policy_id, self.action_joints, cmd, r.action_norm, r.action)
             self.sink.alpha(eng.alpha_names, r.alpha)
         self.actions += 1
         self.obs_ages.append(now - obs.stamp_ns * 1e-9)

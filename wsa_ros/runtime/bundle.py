@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,25 @@ NORMALIZATIONS = ("softmax", "relu")
 COLORS = ("rgb", "bgr", "gray")
 ACTION_MODES = ("position", "velocity")
 ROLES = ("feature", "context", "both")
+VERSION_CHARS = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")  # a version is a name on the wire and in folder names
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def policy_id(version: str, manifest_sha256: str) -> str:
+    """A policy's identity on the wire, as the agent's action records carry it in
+    ``header.frame_id``: ``<version>@<sha256 of the manifest>``. The manifest covers every file's
+    hash (and the signature covers the manifest), so two different policies never share an id."""
+    return f"{version}@{manifest_sha256}" if manifest_sha256 else str(version)
+
+
+def split_policy_id(text: str) -> tuple[str, str]:
+    """(version, manifest sha256) of an action record's ``header.frame_id``; the one rule every
+    reader of records uses (learner, bag import, monitor). Records made before the digest
+    travelled carry the version alone: (version, "")."""
+    version, sep, digest = str(text).rpartition("@")
+    if sep and _SHA256.match(digest):
+        return version, digest
+    return str(text), ""
 
 
 # libyaml's safe loader when PyYAML has it: a hot-swap parses the manifest beside the
@@ -366,7 +386,7 @@ def parse_manifest(root: Path, m: Any) -> Bundle:
     return Bundle(
         root=root,
         name=str(m.get("name", root.name)),
-        version=str(_req(m, "version", src)),
+        version=_version(m, src),
         fusion=fusion,
         normalization=norm,
         encoders=encoders,
@@ -401,6 +421,14 @@ def verify_files(b: Bundle) -> None:
                 f"{p}: sha256 mismatch (manifest says {want[:12]}…, file has {got[:12]}…); "
                 "the file was changed or corrupted after export"
             )
+
+
+def _version(m: dict, src: str) -> str:
+    v = str(_req(m, "version", src))
+    if not VERSION_CHARS.match(v):
+        raise BundleError(f"{src}: version '{v}' has characters a policy id cannot carry; use 1-64 letters, "
+                          "digits and . _ + - (for example 2 or 1+ft5)")
+    return v
 
 
 def load_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:

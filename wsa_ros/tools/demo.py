@@ -12,6 +12,11 @@ private ``ROS_DOMAIN_ID``, on the shipped ``models/default`` bundle unless ``--b
   transitions and hot-swaps each validated policy in.
 * ``--start shipped``: the agent starts on the bundle's own policy and the fine-tuner refines it.
 
+With fine-tuning on, policies take the fleet's route: the learner signs each export with the
+demo's own key (``out/keys``) and publishes it on ``~/policy`` (``push_via: topic``); the agent
+trusts that key alone (``allow_unsigned: false``), takes bundles from the topic into its own
+cache and checks them before the swap; it starts on a signed copy of the start bundle.
+
 Each node reads its config file (``config/{sim,agent,finetune}.yaml``) and then the demo's own
 settings for the chosen start, ``config/demo_fresh.yaml`` or ``config/demo_shipped.yaml`` (the
 agent's exploration noise, the learner's settings; ``--param`` overrides any). While they run it
@@ -538,6 +543,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: --param NODE.NAME: NODE -> the node's name (its parameter schema: wsa_ros.config.NODE_CONFIGS)
+def signed_push(out: Path, bundle_path) -> tuple[Path, dict, dict]:
+    """The demo runs policies the way a fleet does: the learner signs each export with the demo's
+    own key (``out/keys``, made once, the private key mode 0600) and publishes the bundle on
+    ``~/policy``; the agent takes bundles from that topic into its own cache and trusts that key
+    alone (``allow_unsigned: false``). The start bundle is a signed copy (``out/start_signed``;
+    the given folder is left as it is). Returns (start bundle, agent params, fine-tuner params)."""
+    from wsa_ros.runtime.signing import generate_keypair, sign_bundle
+
+    keys = out / "keys"
+    priv, pub = keys / "learner.key", keys / "learner.pub"
+    if not (priv.is_file() and pub.is_file()):  # a half-made pair (an interrupted run) is made again
+        keys.mkdir(parents=True, exist_ok=True)
+        for f in (priv, pub):
+            f.unlink(missing_ok=True)
+        generate_keypair(priv, pub)
+    shutil.rmtree(out / "agent_cache", ignore_errors=True)  # the agent's cache is per run, like the store
+    start = out / "start_signed"
+    tmp = out / "start_signed.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle_path, tmp, ignore=shutil.ignore_patterns("manifest.sig"))
+    sign_bundle(tmp, priv)
+    shutil.rmtree(start, ignore_errors=True)
+    os.replace(tmp, start)
+    agent = {"trusted_keys": [str(pub.resolve())], "allow_unsigned": False, "policy_topic": "/finetune_node/policy",
+             "policy_cache_dir": str((out / "agent_cache").resolve())}
+    return start.resolve(), agent, {"signing_key": str(priv.resolve()), "push_via": "topic"}
+
+
 PARAM_NODES = {"sim": "sim_arm_node", "agent": "agent_node", "finetune": "finetune_node"}
 
 
@@ -745,13 +778,19 @@ def main(argv=None) -> int:
         bundle = load_bundle(bundle_path)
 
     arm_p: dict = {"sim": {}, "agent": {}, "finetune": {}}  # what the robot file decides
+    if finetune:  # the fleet's route: signed policies over ROS, the agent trusting the demo's own key only
+        try:
+            bundle_path, arm_p["agent"], arm_p["finetune"] = signed_push(out, bundle_path)
+        except Exception as exc:  # noqa: BLE001 - say what failed, run nothing
+            print(f"wsa demo: error: signing the start bundle failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     if site:
-        arm_p["agent"] = robot_agent_params(robot)
+        arm_p["agent"].update(robot_agent_params(robot))
         arm_p["sim"] = {"camera_topics": list(robot.camera_topics), "joint_states_topic": robot.joint_states_topic,
                         "command_topic": robot.command_topic,
                         "command_type": "joint_trajectory" if robot.command_interface == "joint_trajectory"
                         else "float64_array"}
-        arm_p["finetune"] = {"camera_topics": list(robot.camera_topics), "joint_states_topic": robot.joint_states_topic}
+        arm_p["finetune"].update(camera_topics=list(robot.camera_topics), joint_states_topic=robot.joint_states_topic)
     sim_p = {"seed": args.seed, "publish_clock": True, "real_time_factor": args.real_time_factor,
              "max_episode_steps": steps, **arm_p["sim"], **extra["sim"]}
     # the agent acts on every frame, on the sim's clock; a loaded 2-core machine delays messages, so the

@@ -162,3 +162,23 @@ def test_screening_keeps_the_model_that_predicts_the_commands(bag, tmp_path):
     assert rep["screen"]["kept"] == ["kp_front"], rep["screen"]
     assert rep["screen"]["r2_test"]["kp_front"] > rep["screen"]["r2_test"]["blind"]
     assert {e.name for e in load_bundle(out).encoders if e.role == "feature"} == {"kp_front"}
+
+
+def test_build_progress_bars_on_a_terminal_only(monkeypatch):
+    """The builds' progress bars (tqdm) draw on a terminal; quiet, or with stderr piped (CI, a
+    log file), there is none and the periodic log lines are the record."""
+    import io
+
+    from wsa_ros.model.fit import progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, log, shown in ((Tty(), print, True), (Tty(), None, False), (io.StringIO(), print, False)):
+        monkeypatch.setattr("sys.stderr", stream)
+        with progress(7, "keypoints", log) as bar:
+            for _ in range(7):
+                bar.update(1)
+        text = stream.getvalue()
+        assert ("keypoints" in text and "/7 " in text) == shown, (log, text)

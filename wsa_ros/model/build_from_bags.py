@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsa_ros.model.fit import bc_train, plain as _plain
+from wsa_ros.model.fit import bc_train, plain as _plain, progress, say
 
 
 class BuildError(RuntimeError):
@@ -165,7 +165,7 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
     from wsa_ros.runtime.engine import Engine
 
     t0 = time.time()
-    log = (lambda m: None) if args.quiet else (lambda m: print(f"[build-bundle {time.time() - t0:6.1f}s] {m}", flush=True))
+    log = (lambda m: None) if args.quiet else (lambda m: say(f"[build-bundle {time.time() - t0:6.1f}s] {m}"))
     robot = load_robot(args.robot)
     bags = [b for p in args.from_bags for b in find_bags(p)]
     if not bags:
@@ -252,12 +252,14 @@ def build_from_bags(args: argparse.Namespace, argv: list[str]) -> Path:
                   "command": robot.command_topic, "reward": robot.reward_topic,
                   "episode_end": robot.episode_end_topic, "success": robot.success_topic}
         per_bag = []
-        for bag in bags:
-            r = import_bag(bag, provisional, engine, store, topics, args.episode_steps,
-                           AssemblerConfig(require_reward=False))
-            per_bag.append(r)
-            log(f"{bag.name}: {r['transitions']} observation-command pairs, {r['episodes']} episode end(s)"
-                + (f", rejected {r['rejected']}" if r["rejected"] else ""))
+        with progress(len(bags), "observations (bags)", None if args.quiet else log) as bar:
+            for bag in bags:
+                r = import_bag(bag, provisional, engine, store, topics, args.episode_steps,
+                               AssemblerConfig(require_reward=False))
+                per_bag.append(r)
+                bar.update(1)
+                log(f"{bag.name}: {r['transitions']} observation-command pairs, {r['episodes']} episode end(s)"
+                    + (f", rejected {r['rejected']}" if r["rejected"] else ""))
         store.close()
         arr = store.read()
         n = len(arr["reward"])

@@ -5,6 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
+def progress(total: int, desc: str, log=None):
+    """A progress bar (tqdm, on stderr) over ``total`` steps of a build: shown on a terminal,
+    off when quiet (``log`` None) or when stderr is not a terminal (CI, a log file), where the
+    build's periodic lines are the record. Use as a context manager; ``update(n)``."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                disable=True if log is None else None)
+
+
+def say(msg: str) -> None:
+    """Print a build's log line above any progress bar on the terminal."""
+    from tqdm import tqdm
+
+    tqdm.write(msg)
+
+
 def bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
     """Adam with a cosine learning-rate decay on MSE(tanh(mean), label); 10% held out."""
     import math
@@ -28,16 +45,20 @@ def bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
 
     policy.train()
     last = float("nan")
-    for i in range(steps):
-        idx = tr[torch.randint(0, len(tr), (min(batch, len(tr)),), generator=gen)]
-        loss = loss_on(idx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        last = float(loss.detach())
-        if log and (i % 500 == 0 or i == steps - 1):
-            log(f"{tag} step {i}/{steps} mse {last:.4f}")
+    with progress(steps, tag, log) as bar:
+        for i in range(steps):
+            idx = tr[torch.randint(0, len(tr), (min(batch, len(tr)),), generator=gen)]
+            loss = loss_on(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = float(loss.detach())
+            bar.update(1)
+            if i % 50 == 0:
+                bar.set_postfix_str(f"mse {last:.4f}", refresh=False)
+            if log and (i % 500 == 0 or i == steps - 1):
+                log(f"{tag} step {i}/{steps} mse {last:.4f}")
     policy.eval()
     with torch.no_grad():
         val_loss = float(loss_on(val))

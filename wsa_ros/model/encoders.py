@@ -269,30 +269,15 @@ def background_of(frames: np.ndarray) -> torch.Tensor:
     return frames_to_tensor(frames[idx]).median(dim=0, keepdim=True).values
 
 
-def _log(log: Callable[[str], None] | None, msg: str) -> None:
-    if log is not None:
-        log(msg)
-
-
 def _fit(model: nn.Module, batches, loss_of: Callable, steps: int, lr: float, log, what: str) -> tuple[float, float]:
     """Adam on ``loss_of(batch_indices)`` for each of ``batches``, logging ``what`` every 200
     steps; leaves the model in eval mode. Returns (last loss, seconds)."""
-    from wsa_ros.model.fit import progress
+    from wsa_ros.model.fit import adam_steps
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    t0, loss_v = time.time(), float("nan")
-    with progress(steps, what.split(" step")[0], log) as bar:
-        for i, idx in enumerate(batches):
-            loss = loss_of(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_v = float(loss.detach())
-            bar.update(1)
-            if i % 50 == 0:
-                bar.set_postfix_str(f"loss {loss_v:.4f}", refresh=False)
-            if i % 200 == 0 or i == steps - 1:
-                _log(log, what.format(i=i, steps=steps, loss=loss_v))
+    t0 = time.time()
+    loss_v = adam_steps(opt, (loss_of(idx) for idx in batches), steps, what.split(" step")[0], log, every=200,
+                        line=what)
     model.eval()
     return loss_v, time.time() - t0
 

@@ -22,6 +22,28 @@ def say(msg: str) -> None:
     tqdm.write(msg)
 
 
+def adam_steps(opt, losses, steps: int, desc: str, log, every: int, line: str, sched=None) -> float:
+    """The builds' one optimisation loop: for each loss of ``losses`` (a generator computing one
+    per step) backward and ``opt``/``sched`` step, a progress bar (``progress``) and ``line``
+    (formatted with i, steps, loss) logged every ``every`` steps and at the last. Returns the last
+    loss."""
+    last = float("nan")
+    with progress(steps, desc, log) as bar:
+        for i, loss in enumerate(losses):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            last = float(loss.detach())
+            bar.update(1)
+            if i % 50 == 0:
+                bar.set_postfix_str(f"loss {last:.4f}", refresh=False)
+            if log is not None and (i % every == 0 or i == steps - 1):
+                log(line.format(i=i, steps=steps, loss=last))
+    return last
+
+
 def bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
     """Adam with a cosine learning-rate decay on MSE(tanh(mean), label); 10% held out."""
     import math
@@ -44,21 +66,9 @@ def bc_train(policy, embs, proprio, labels, steps, batch, lr, seed, log, tag):
         return F.mse_loss(a, labels[idx])
 
     policy.train()
-    last = float("nan")
-    with progress(steps, tag, log) as bar:
-        for i in range(steps):
-            idx = tr[torch.randint(0, len(tr), (min(batch, len(tr)),), generator=gen)]
-            loss = loss_on(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = float(loss.detach())
-            bar.update(1)
-            if i % 50 == 0:
-                bar.set_postfix_str(f"mse {last:.4f}", refresh=False)
-            if log and (i % 500 == 0 or i == steps - 1):
-                log(f"{tag} step {i}/{steps} mse {last:.4f}")
+    last = adam_steps(opt, (loss_on(tr[torch.randint(0, len(tr), (min(batch, len(tr)),), generator=gen)])
+                            for _ in range(steps)), steps, tag, log, every=500,
+                      line=tag + " step {i}/{steps} mse {loss:.4f}", sched=sched)
     policy.eval()
     with torch.no_grad():
         val_loss = float(loss_on(val))

@@ -35,6 +35,7 @@ import yaml
 from ros_peer import AgentProcess, Peer, rgb_frame, ros_env, stamp_key, stop_child, version_of, wait_for  # noqa: E402
 
 from wsa_ros.runtime.bundle import load_bundle  # noqa: E402
+from wsa_ros.tools.demo import niced  # noqa: E402
 from wsa_ros.learn.store import ReplayStore  # noqa: E402
 from wsa_ros.learn.transitions import TransitionSpec  # noqa: E402
 
@@ -54,8 +55,12 @@ class FinetuneProcess:
         self.params_file.write_text(yaml.safe_dump({"finetune_node": {"ros__parameters": params}}))
         self.log_path = log_dir / f"finetune_{tag}.log"
         self._log = open(self.log_path, "w")
+        # niced, as `wsa demo` runs it: on one small machine the robot's real-time loop goes first and
+        # the learner takes what is left (a clean-clone run here saw the agent act on 0.33 of the frames
+        # while an un-niced learner restarted beside it on 2 cores)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wsa_ros.ros.finetune_node", "--ros-args", "--params-file", str(self.params_file)],
+            niced([sys.executable, "-m", "wsa_ros.ros.finetune_node", "--ros-args", "--params-file",
+                   str(self.params_file)]),
             cwd=str(ROOT), env={**ros_env(domain), **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:

@@ -28,10 +28,10 @@ from wsa_ros.runtime.bundle import split_policy_id
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def version_of(record) -> str:
     """The policy version an action record names (its frame_id is version@manifest sha256)."""
     return split_policy_id(record.header.frame_id)[0]
+
 
 def ros_env(domain_id: int) -> dict:
     env = dict(os.environ)

@@ -396,8 +396,9 @@ class OnlineLearner:
     def _check_pushes(self) -> None:
         now = time.time()
         if self.cfg.push_via == "topic":  # taken once the agent's own action records carry the version
-            acting = {agent: (a.last_version, a.last_policy_sha256)
-                      for agent, a in ((agent, self.ingest.assemblers[src]) for agent, src in zip(self.agents, self.sources))}
+            asm = self.ingest.assemblers
+            acting = {agent: (asm[src].last_version, asm[src].last_policy_sha256)
+                      for agent, src in zip(self.agents, self.sources)}
             with self._lock:
                 answered = answered_by_records(self.pushes, acting)
             for rec, ok, reason in answered:

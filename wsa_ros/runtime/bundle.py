@@ -30,7 +30,8 @@ NORMALIZATIONS = ("softmax", "relu")
 COLORS = ("rgb", "bgr", "gray")
 ACTION_MODES = ("position", "velocity")
 ROLES = ("feature", "context", "both")
-VERSION_CHARS = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")  # a version is a name on the wire and in folder names
+WIRE_CHARS = "A-Za-z0-9._+-"  # what a name on the wire and in folder names may hold (versions, transfer labels)
+VERSION_CHARS = re.compile(rf"^[{WIRE_CHARS}]{{1,64}}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

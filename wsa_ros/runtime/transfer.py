@@ -31,14 +31,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from wsa_ros.runtime.bundle import MANIFEST, BundleError, hashed_files, load_bundle
+from wsa_ros.runtime.bundle import MANIFEST, WIRE_CHARS, BundleError, hashed_files, load_bundle
 
 FORMAT = "wsa-bundle-v1"
 SIGNATURE = "manifest.sig"
 MAX_BYTES = 512 * 2 ** 20  # a bundle bigger than this is refused (the shipped one: 4.9 MB)
 MAX_MEMBERS = 256
 KEEP = 4  # bundles kept in an agent's cache besides those in use (rollback needs the previous one)
-_SAFE = re.compile(r"^[A-Za-z0-9._+-]+$")
+_SAFE = re.compile(rf"^[{WIRE_CHARS}]+$")
 
 
 class TransferError(BundleError):
@@ -61,7 +61,7 @@ def pack_bundle(root: str | os.PathLike) -> tuple[bytes, str]:
 
 
 def _token(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(s)) or "_"
+    return re.sub(rf"[^{WIRE_CHARS}]", "_", str(s)) or "_"
 
 
 def parse_label(label: str) -> tuple[str, str, str]:

@@ -542,7 +542,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-#: --param NODE.NAME: NODE -> the node's name (its parameter schema: wsa_ros.config.NODE_CONFIGS)
 def signed_push(out: Path, bundle_path) -> tuple[Path, dict, dict]:
     """The demo runs policies the way a fleet does: the learner signs each export with the demo's
     own key (``out/keys``, made once, the private key mode 0600) and publishes the bundle on
@@ -571,6 +570,7 @@ def signed_push(out: Path, bundle_path) -> tuple[Path, dict, dict]:
     return start.resolve(), agent, {"signing_key": str(priv.resolve()), "push_via": "topic"}
 
 
+#: --param NODE.NAME: NODE -> the node's name (its parameter schema: wsa_ros.config.NODE_CONFIGS)
 PARAM_NODES = {"sim": "sim_arm_node", "agent": "agent_node", "finetune": "finetune_node"}
 
 

@@ -527,52 +527,35 @@ def test_hot_swap_under_30hz_rejects_bad_bundles_and_rolls_back(tiny_bundle, mak
         try:
             wait_for(lambda: len(peer.snapshot("records")) >= 30, 30, "one second of actions")
 
-            def swap_to(path, version):
-                """Swap and measure; returns (max gap during the swap, limit, message)."""
-                time.sleep(1.0)  # a baseline second of the undisturbed stream
-                t_req = time.time_ns()
-                res = peer.set_params({"bundle": str(path)})
-                t_done = time.time_ns()
-                assert res[0].successful, res[0].reason
-                n = len(peer.snapshot("records"))
-                wait_for(lambda: any(version_of(r) == version for _, r in peer.snapshot("records")[n - 5:]), 5,
-                         f"version {version}")
-                time.sleep(0.5)
-                # gaps between commands as the agent sent them (DDS source timestamps, system clock)
-                src = np.array(peer.snapshot("command_src"), dtype=np.int64)
-                base = np.diff(src[(src >= t_req - 1_000_000_000) & (src < t_req)]) * 1e-9
-                gaps = np.diff(src[(src >= t_req - 100_000_000) & (src <= t_done + 500_000_000)]) * 1e-9
-                # ticks kept flowing while the new bundle was being validated
-                during = np.count_nonzero((src > t_req) & (src < t_done))
-                expected = (t_done - t_req) * 1e-9 * len(base)
-                assert during >= int(0.5 * expected), f"{during} commands while the swap ran, expected ~{expected:.0f}"
-                limit = 2 * period
-                overloaded = base.max() > limit or os.getloadavg()[0] > (os.cpu_count() or 1)
-                if base.max() > limit:  # the machine itself jitters: allow its own jitter, not more
-                    limit = base.max() + period
-                msg = (f"swap to {version} took {(t_done - t_req) * 1e-6:.0f} ms; max command gap "
-                       f"{gaps.max() * 1e3:.0f} ms during it, {base.max() * 1e3:.0f} ms in the second before; "
-                       f"limit {limit * 1e3:.0f} ms; load average {os.getloadavg()[0]:.1f}")
-                print(msg)
-                return gaps.max(), limit, overloaded, msg
-
+            # One swap, measured once. The limit is two periods, or the machine's own jitter in
+            # the two seconds before the swap plus one period where that is larger (a loaded
+            # 2-core machine): what the swap may add is one period, whatever the machine does.
             n_v1 = len(peer.snapshot("records"))
-            gap, limit, overloaded, msg = swap_to(b2, "2")
+            time.sleep(2.0)  # a baseline of the undisturbed stream
+            t_req = time.time_ns()
+            res = peer.set_params({"bundle": str(b2)})
+            t_done = time.time_ns()
+            assert res[0].successful, res[0].reason
+            n = len(peer.snapshot("records"))
+            wait_for(lambda: any(version_of(r) == "2" for _, r in peer.snapshot("records")[n - 5:]), 5, "version 2")
+            time.sleep(0.5)
+            # gaps between commands as the agent sent them (DDS source timestamps, system clock)
+            src = np.array(peer.snapshot("command_src"), dtype=np.int64)
+            base = np.diff(src[(src >= t_req - 2_000_000_000) & (src < t_req)]) * 1e-9
+            gaps = np.diff(src[(src >= t_req - 100_000_000) & (src <= t_done + 500_000_000)]) * 1e-9
+            # ticks kept flowing while the new bundle was being validated
+            during = np.count_nonzero((src > t_req) & (src < t_done))
+            expected = (t_done - t_req) * 1e-9 / period
+            assert during >= int(0.5 * expected), f"{during} commands while the swap ran, expected ~{expected:.0f}"
+            limit = max(2 * period, base.max() + period)
+            msg = (f"swap to 2 took {(t_done - t_req) * 1e-6:.0f} ms; max command gap {gaps.max() * 1e3:.0f} ms "
+                   f"during it, {base.max() * 1e3:.0f} ms in the two seconds before; limit {limit * 1e3:.0f} ms; "
+                   f"load average {os.getloadavg()[0]:.1f}")
+            print(msg)
+            assert gaps.max() <= limit, "action stream gap during the swap: " + msg
             versions = [version_of(r) for _, r in peer.snapshot("records")]
             switch = versions.index("2")
             assert switch >= n_v1 - 1 and set(versions[:switch]) == {"1"} and set(versions[switch:]) == {"2"}
-            # On a healthy machine one swap must keep every gap within two periods. When the
-            # machine is overloaded (load above its core count, or the stream already jitters
-            # beyond two periods), swap back and forth up to twice more: a swap that blocks the
-            # loop fails every time (and the tick count during the swap above catches it), noise
-            # does not.
-            tries = [msg]
-            for path, version in ((tiny_bundle, "1"), (b2, "2")):
-                if gap <= limit or not overloaded:
-                    break
-                gap, limit, overloaded, msg = swap_to(path, version)
-                tries.append(msg)
-            assert gap <= limit, "action stream gap during the swap: " + " | ".join(tries)
             if peer.get_params(["bundle"]) != [str(b2)]:
                 assert peer.set_params({"bundle": str(b2)})[0].successful
 

@@ -55,7 +55,20 @@ VARIANTS = {
     "tau0.001": {"sac": {"tau": 0.001}},
     "utd2": {"sac": {"utd": 2.0}},
     "batch64": {"sac": {"batch_size": 64}},
+    "q-filter": {"sac": {"demo_bc_q_filter": True}},            # BC only where the demo's action is worth more
+    "actor-every-2": {"sac": {"actor_every": 2}},               # SERL's actor / critic step ratio
+    "entropy1": {"sac": {"target_entropy_scale": 1.0}},         # target entropy -1 x action dims (0.5): narrower
+    "entropy2": {"sac": {"target_entropy_scale": 2.0}},         # -2 x action dims: narrower still
 }
+
+
+def variant(name: str) -> dict:
+    """A variant's overrides; ``a+b`` combines named variants (later ones win)."""
+    out = {"sac": {}, "head": {}}
+    for part in name.split("+"):
+        for k in out:
+            out[k].update(VARIANTS[part].get(k, {}))
+    return out
 
 
 class Setup:
@@ -171,8 +184,8 @@ def run_variant(setup, name: str, demos) -> dict:
     from wsa_ros.sim.reacher import ReacherSim
 
     a = setup.args
-    v = VARIANTS[name]
-    learner, replay, sac = fresh(setup, v.get("head", {}), v.get("sac", {}), a.seed)
+    v = variant(name)
+    learner, replay, sac = fresh(setup, v["head"], v["sac"], a.seed)
     for d in demos:
         replay.add(d, demo=True)
     gen = torch.Generator().manual_seed(a.seed)
@@ -219,7 +232,7 @@ def run_variant(setup, name: str, demos) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=str(ROOT / "models" / "default"))
-    ap.add_argument("--variants", default="default", help=f"comma list of {', '.join(VARIANTS)} [%(default)s]")
+    ap.add_argument("--variants", default="default", help=f"comma list of {', '.join(VARIANTS)}; a+b combines two [%(default)s]")
     ap.add_argument("--demos", type=int, default=20, help="demonstration episodes [%(default)s]")
     ap.add_argument("--demo-noise", type=float, default=0.6, help="expert action noise, rad/s [%(default)s]")
     ap.add_argument("--episode-steps", type=int, default=100)
@@ -237,7 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/bench_recipe")
     args = ap.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in names if v not in VARIANTS]
+    bad = [p for v in names for p in v.split("+") if p not in VARIANTS]
     if bad:
         ap.error(f"unknown variant(s) {bad}; known: {', '.join(VARIANTS)}")
     from wsa_ros.tools.demo import paired_difference  # the demo's paired check, the same rule

@@ -222,6 +222,10 @@ class SACConfig:
         0.0, "Behaviour cloning on the demonstrations while RL runs: the actor loss (and the fusion trunk's) "
         "+ this x ||pi(s) - a_demo||^2 over each batch's demonstration rows (RL with demonstrations, Nair et "
         "al. 2018). Teaches a fresh policy from a demonstration bag. 0 = RLPD only.", 0.0, 1e6)
+    demo_bc_q_filter: bool = param(
+        False, "The actor's demo BC term only on the demonstration rows whose action the critic values above "
+        "the policy's own (the Q filter of Nair et al. 2018): the policy may leave a demonstration once it "
+        "does better than it.")
     grad_clip: float = param(10.0, "Largest gradient norm per optimizer step; 0 = no clipping.", 0.0, 1e6)
     capacity: int = param(200000, "Online replay buffer size in memory (the disk store keeps everything).",
                           100, 10**8)

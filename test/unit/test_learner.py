@@ -290,6 +290,41 @@ def test_demo_bc_weight_teaches_a_fresh_policy_from_the_demonstrations_while_rl_
     assert after > before + 3.0
 
 
+def test_q_filter_keeps_behaviour_cloning_only_where_the_demonstration_is_worth_more():
+    """``demo_bc_q_filter``: the actor's BC term counts a demonstration row only where the critic
+    values the demonstrated action above the policy's own; averaged over all rows, so it fades
+    as the policy overtakes the demonstrations. Without the filter every row counts."""
+    from wsa_ros.learn.sac import demo_bc
+
+    a_pi = torch.tensor([[0.0, 0.0], [0.5, 0.5], [1.0, -1.0], [0.2, 0.0]])
+    a_demo = torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [0.2, 0.0]])  # gaps 1, 0.25, 2, 0
+    q_demo = torch.tensor([2.0, -1.0, 0.5, 3.0])
+    q_pi = torch.tensor([1.0, 0.0, 0.5, 0.0])  # the demo is worth more in rows 0 and 3 only (row 2: a tie)
+    assert demo_bc(a_pi, a_demo).item() == pytest.approx((1 + 0.25 + 2 + 0) / 4)
+    assert demo_bc(a_pi, a_demo, q_demo, q_pi).item() == pytest.approx((1 + 0) / 4)
+    assert demo_bc(a_pi, a_demo, q_demo - 10, q_pi).item() == 0.0  # the policy beats every demonstration
+    a = a_pi.clone().requires_grad_(True)  # and only the kept rows pull the actor
+    demo_bc(a, a_demo, q_demo, q_pi).backward()
+    assert a.grad[1].abs().sum() == 0 and a.grad[2].abs().sum() == 0 and a.grad[0].abs().sum() > 0
+    # in the learner: the option reaches the update (a fresh critic still ranks some demo rows above)
+    task = StateTask(3)
+    replay = Replay(task.spec, 2_000, holdout_every=0)
+    rng = np.random.default_rng(3)
+    replay.add(task.episode(task.expert(rng, 0.05), 700, demo=True)[1], demo=True)
+    replay.add(task.episode(lambda e: rng.uniform(-1, 1, 2), 701)[1])
+    torch.manual_seed(3)
+    batch = replay.sample(64, 0.5)
+    plain = SACLearner(small_policy(3, task.ENCODERS), SACConfig(batch_size=64, demo_bc_weight=1.0))
+    torch.manual_seed(3)
+    filt = SACLearner(small_policy(3, task.ENCODERS), SACConfig(batch_size=64, demo_bc_weight=1.0,
+                                                                demo_bc_q_filter=True))
+    torch.manual_seed(5)
+    m_plain = plain.update(batch)
+    torch.manual_seed(5)
+    m_filt = filt.update(batch)
+    assert 0.0 <= m_filt["demo_bc"] < m_plain["demo_bc"]
+
+
 # =============================================================================== replay
 def test_rlpd_batches_are_half_demonstrations_and_interventions_count_as_demos():
     task = StateTask(5)

@@ -22,7 +22,8 @@ The algorithm (SAC v2, Haarnoja et al. 2018, with a shared trunk as in DrQ / SAC
     actor      = T * logp(a~pi(state)) - min(Q1, Q2)(state, a~pi)   (state detached; only the
                                                                       actor's weights move)
     demo BC    = demo_bc_weight * ||tanh(mean(state)) - a||^2 on the batch's demonstration rows:
-                 added to the actor loss and to the critic loss (so it reaches the trunk)
+                 added to the actor loss and to the critic loss (so it reaches the trunk); with
+                 demo_bc_q_filter the actor's term keeps only rows with Q(s, a) > Q(s, a~pi)
     temperature= -log T * (logp + target_entropy)
     Polyak: target critics and target trunk with rate tau
 
@@ -59,6 +60,18 @@ def _embs(obs: dict) -> dict[str, torch.Tensor]:
 def _action_gap(a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ||a - target||^2 (actions in [-1, 1]): the prior and demo BC terms."""
     return (a - target).square().sum(-1).mean()
+
+
+def demo_bc(a_pi: torch.Tensor, a_demo: torch.Tensor, q_demo: torch.Tensor | None = None,
+            q_pi: torch.Tensor | None = None) -> torch.Tensor:
+    """The actor's behaviour-cloning term on demonstration rows: mean ||a_pi - a_demo||^2. With
+    ``q_demo`` (the critic's value of each demonstrated action) only the rows where that beats
+    the critic's value of the policy's own action count (Nair et al. 2018's Q filter); the mean
+    stays over all rows, so the term shrinks as the policy overtakes the demonstrations."""
+    gap = (a_pi - a_demo).square().sum(-1)
+    if q_demo is not None:
+        gap = gap * (q_demo > q_pi).to(gap.dtype)
+    return gap.mean()
 
 
 # =============================================================================== learner
@@ -151,7 +164,8 @@ class SACLearner:
                 prior_gap = _action_gap(torch.tanh(mean), a0)
                 loss_actor = loss_actor + cfg.prior_weight * prior_gap
             if demo_rows is not None:
-                bc = _action_gap(torch.tanh(mean[demo_rows]), action[demo_rows])
+                q_demo = torch.min(q1, q2).detach()[demo_rows] if cfg.demo_bc_q_filter else None
+                bc = demo_bc(torch.tanh(mean[demo_rows]), action[demo_rows], q_demo, q_pi.detach()[demo_rows])
                 loss_actor = loss_actor + cfg.demo_bc_weight * bc
             grads = torch.autograd.grad(loss_actor, self.actor_params)
             for p_, g in zip(self.actor_params, grads):

@@ -185,6 +185,7 @@ def test_position_mode_joint_trajectory_rate_limited_and_holds_the_pose(make_bun
     bundle = make_bundle(name="pos", version="p1", action_mode="position", seed=3)
     eng = Engine(bundle, providers=["cpu"])
     max_rate = 0.6  # rad/s: at 30 Hz at most 0.02 rad per tick
+    period = 1 / 30
     pose = [0.1, -0.2]
     params = base_params(bundle, output_mode="joint_trajectory", command_topic="/pos/cmd", max_rate=max_rate,
                          start_enabled=True)
@@ -215,12 +216,24 @@ def test_position_mode_joint_trajectory_rate_limited_and_holds_the_pose(make_bun
         np.testing.assert_allclose(pt.positions, rec.position, atol=1e-12)
         target = np.clip(want.action, -1.0, 1.0)
         step = np.asarray(pt.positions) - prev
-        # towards the target, never past it, at most max_rate x the time since the last command
-        # (the agent's clock read just before publishing; the DDS source stamp bounds it)
+        # towards the target, never past it, at most max_rate x the time since the last command.
+        # The agent limits by its clock at the tick's start; the wire shows when it published (DDS
+        # source stamp), which can come later by the tick's work and any preemption (a clean-clone
+        # run on 2 loaded cores: a full 1/30 s step 10.5 ms after the previous publish). So each
+        # step may use one period more than the stamps show, and every pair of commands below
+        # bounds the rate over longer spans, where that one period is small.
         dt = 1.0 / 30 if prev_t is None else (t_src - prev_t) * 1e-9
-        assert np.all(np.abs(step) <= max_rate * dt * 1.2 + 2e-3), (k, step, dt)
+        assert np.all(np.abs(step) <= max_rate * (dt + period) * 1.2 + 2e-3), (k, step, dt)
         assert np.all(np.abs(np.asarray(pt.positions) - target) <= np.abs(prev - target) + 1e-9), k
         prev, prev_t = np.asarray(pt.positions), t_src
+    pos = np.array([c.points[0].positions for (_, c) in commands[:len(records)]])
+    t = np.array(src[:len(records)], dtype=np.int64) * 1e-9
+    span = np.abs(t[None, :] - t[:, None]) + period  # every pair of commands (i, j)
+    moved_ij = np.abs(pos[None, :, :] - pos[:, None, :]).max(-1)
+    excess = moved_ij - (max_rate * span * 1.05 + 2e-3)
+    i, j = np.unravel_index(int(excess.argmax()), excess.shape)
+    assert excess[i, j] <= 0, (f"commands {i} and {j}: {moved_ij[i, j]:.4f} rad apart in "
+                               f"{abs(t[j] - t[i]) * 1e3:.0f} ms (max_rate {max_rate} rad/s)")
     last_target = np.clip(np.asarray(records[-1][1].effort), -1.0, 1.0)
     moved = np.max(np.abs(np.asarray(records[-1][1].position) - np.array(pose)))
     assert moved > min(0.1, 0.5 * np.max(np.abs(last_target - np.array(pose)))), "the arm never moved"

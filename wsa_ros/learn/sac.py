@@ -68,10 +68,10 @@ def demo_bc(a_pi: torch.Tensor, a_demo: torch.Tensor, q_demo: torch.Tensor | Non
     ``q_demo`` (the critic's value of each demonstrated action) only the rows where that beats
     the critic's value of the policy's own action count (Nair et al. 2018's Q filter); the mean
     stays over all rows, so the term shrinks as the policy overtakes the demonstrations."""
+    if q_demo is None:
+        return _action_gap(a_pi, a_demo)
     gap = (a_pi - a_demo).square().sum(-1)
-    if q_demo is not None:
-        gap = gap * (q_demo > q_pi).to(gap.dtype)
-    return gap.mean()
+    return (gap * (q_demo > q_pi).to(gap.dtype)).mean()
 
 
 # =============================================================================== learner
@@ -144,7 +144,7 @@ class SACLearner:
             demo_rows = batch.demo
             # behaviour cloning on the demonstrations shapes the trunk too (the actor's own
             # gradient never reaches it): the trunk's optimizer takes w * BC with the TD loss
-            bc_trunk = _action_gap(torch.tanh(pol.actor_from_state(state[demo_rows])[0]), action[demo_rows])
+            bc_trunk = demo_bc(torch.tanh(pol.actor_from_state(state[demo_rows])[0]), action[demo_rows])
             loss_critic = loss_critic + cfg.demo_bc_weight * bc_trunk
         self._step(self.critic_opt, self.critic_params, loss_critic)
         out: dict[str, float] = {}
@@ -164,6 +164,7 @@ class SACLearner:
                 prior_gap = _action_gap(torch.tanh(mean), a0)
                 loss_actor = loss_actor + cfg.prior_weight * prior_gap
             if demo_rows is not None:
+                # the demonstrated actions' values from this update's critic pass (before its step)
                 q_demo = torch.min(q1, q2).detach()[demo_rows] if cfg.demo_bc_q_filter else None
                 bc = demo_bc(torch.tanh(mean[demo_rows]), action[demo_rows], q_demo, q_pi.detach()[demo_rows])
                 loss_actor = loss_actor + cfg.demo_bc_weight * bc

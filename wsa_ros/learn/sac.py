@@ -57,9 +57,14 @@ def _embs(obs: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obs.items() if k != "proprio"}
 
 
+def _row_gap(a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||a - target||^2 per row (actions in [-1, 1])."""
+    return (a - target).square().sum(-1)
+
+
 def _action_gap(a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ||a - target||^2 (actions in [-1, 1]): the prior and demo BC terms."""
-    return (a - target).square().sum(-1).mean()
+    """Mean over the batch of ||a - target||^2: the prior and demo BC terms."""
+    return _row_gap(a, target).mean()
 
 
 def demo_bc(a_pi: torch.Tensor, a_demo: torch.Tensor, q_demo: torch.Tensor | None = None,
@@ -70,7 +75,7 @@ def demo_bc(a_pi: torch.Tensor, a_demo: torch.Tensor, q_demo: torch.Tensor | Non
     stays over all rows, so the term shrinks as the policy overtakes the demonstrations."""
     if q_demo is None:
         return _action_gap(a_pi, a_demo)
-    gap = (a_pi - a_demo).square().sum(-1)
+    gap = _row_gap(a_pi, a_demo)
     return (gap * (q_demo > q_pi).to(gap.dtype)).mean()
 
 
@@ -164,9 +169,10 @@ class SACLearner:
                 prior_gap = _action_gap(torch.tanh(mean), a0)
                 loss_actor = loss_actor + cfg.prior_weight * prior_gap
             if demo_rows is not None:
-                # the demonstrated actions' values from this update's critic pass (before its step)
-                q_demo = torch.min(q1, q2).detach()[demo_rows] if cfg.demo_bc_q_filter else None
-                bc = demo_bc(torch.tanh(mean[demo_rows]), action[demo_rows], q_demo, q_pi.detach()[demo_rows])
+                q_demo = q_pi_demo = None
+                if cfg.demo_bc_q_filter:  # the demonstrated actions' values from this update's critic pass
+                    q_demo, q_pi_demo = torch.min(q1, q2).detach()[demo_rows], q_pi.detach()[demo_rows]
+                bc = demo_bc(torch.tanh(mean[demo_rows]), action[demo_rows], q_demo, q_pi_demo)
                 loss_actor = loss_actor + cfg.demo_bc_weight * bc
             grads = torch.autograd.grad(loss_actor, self.actor_params)
             for p_, g in zip(self.actor_params, grads):

@@ -418,7 +418,7 @@ def run_one(method: str, seed: int, cfg: dict) -> dict:
                 while owed >= 1.0:
                     owed -= 1.0
                     t4 = time.perf_counter()
-                    m = learner.update(replay.sample(sac.batch_size, sac.demo_ratio))
+                    m = learner.update(learner.sample(replay))
                     t_update += time.perf_counter() - t4
                     n_updates += 1
                     train_alpha.append([m[f"wsa_alpha_{n}"] for n in policy.feature_names])

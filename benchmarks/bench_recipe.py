@@ -59,12 +59,17 @@ VARIANTS = {
     "actor-every-2": {"sac": {"actor_every": 2}},               # SERL's actor / critic step ratio
     "entropy1": {"sac": {"target_entropy_scale": 1.0}},         # target entropy -1 x action dims (0.5): narrower
     "entropy2": {"sac": {"target_entropy_scale": 2.0}},         # -2 x action dims: narrower still
+    "nstep3": {"sac": {"n_step": 3}},                           # 3-step returns (DrQ-v2's)
+    "nstep5": {"sac": {"n_step": 5}},
+    "temp1e-3": {"sac": {"init_temperature": 1e-3}},           # SAC's temperature starts 10x lower (0.01)
+    "temp1e-4": {"sac": {"init_temperature": 1e-4}},
+    "success-demos": {"run": {"success_demos": True}},          # each successful online episode joins the demos
 }
 
 
 def variant(name: str) -> dict:
     """A variant's overrides; ``a+b`` combines named variants (later ones win)."""
-    out = {"sac": {}, "head": {}}
+    out = {"sac": {}, "head": {}, "run": {}}
     for part in name.split("+"):
         for k in out:
             out[k].update(VARIANTS[part].get(k, {}))
@@ -158,8 +163,8 @@ def fresh(setup, head_over: dict, sac_over: dict, seed: int):
     sac = from_dict(SACConfig, {**BASE, **sac_over, "seed": seed}, where="bench_recipe")
     b = setup.bundle
     learner = SACLearner(policy, sac, b.proprio.mean, b.proprio.std)
-    replay = Replay(setup.spec, capacity=setup.args.steps + 1, demo_capacity=setup.args.demos * setup.args.episode_steps,
-                    holdout_every=0)
+    replay = Replay(setup.spec, capacity=setup.args.steps + 1,
+                    demo_capacity=setup.args.demos * setup.args.episode_steps + setup.args.steps, holdout_every=0)
     return learner, replay, sac
 
 
@@ -191,6 +196,8 @@ def run_variant(setup, name: str, demos) -> dict:
     gen = torch.Generator().manual_seed(a.seed)
     explore = np.random.default_rng(a.seed)
     curve, t0, owed, t_upd = [], time.perf_counter(), 0.0, 0.0
+    episode, promoted = [], 0  # this episode's records; successful episodes copied to the demos
+    live = []  # per online episode since the last evaluation: did the sampled policy end within the radius
     with ReacherSim(seed=a.seed, image_size=setup.engine_size(), max_steps=a.episode_steps) as sim:
         high = sim.action_high
         obs = sim.reset()
@@ -202,8 +209,11 @@ def run_variant(setup, name: str, demos) -> dict:
                 learner.policy.train()
                 curve.append({"env_steps": t, "updates": learner.updates, "wall_s": time.perf_counter() - t0,
                               "success": float(np.mean(s)), "per_episode": s})
-                print(f"[{name}] step {t:>6}  updates {learner.updates:>6}  success {np.mean(s):.2f}  "
-                      f"({time.perf_counter() - t0:.0f} s, {learner.updates / max(t_upd, 1e-9):.0f} upd/s)", flush=True)
+                curve[-1]["live_success"] = float(np.mean(live)) if live else None
+                print(f"[{name}] step {t:>6}  updates {learner.updates:>6}  success {np.mean(s):.2f}  live "
+                      f"{np.mean(live) if live else float('nan'):.2f} of {len(live)}  (demo buffer {len(replay.demos)}: "
+                      f"{promoted} online episodes added; {time.perf_counter() - t0:.0f} s, {learner.updates / max(t_upd, 1e-9):.0f} upd/s)", flush=True)
+                live = []
             if t == a.steps:
                 break
             if a.exploration_std > 0:  # the agent's rule (agent_core): the policy's action + N(0, std), clipped
@@ -213,15 +223,22 @@ def run_variant(setup, name: str, demos) -> dict:
             nobs, r, term, trunc, info = sim.step(act * high)
             r += a.success_bonus * float(info["success"])
             nemb, nprop = setup.embed(nobs["image"]), setup.proprio(nobs)
-            replay.add(setup.record([(emb, prop, act, r, nemb, nprop, trunc)]))
+            rec = setup.record([(emb, prop, act, r, nemb, nprop, trunc)])
+            replay.add(rec)
+            episode.append(rec)
             if t + 1 >= sac.warmup_transitions:
                 owed += sac.utd
                 while owed >= 1.0:
                     owed -= 1.0
                     t1 = time.perf_counter()
-                    learner.update(replay.sample(sac.batch_size, sac.demo_ratio), metrics=False)
+                    learner.update(learner.sample(replay), metrics=False)
                     t_upd += time.perf_counter() - t1
             if trunc or term:
+                if v["run"].get("success_demos") and info["success"]:
+                    replay.add({k: np.concatenate([e[k] for e in episode]) for k in episode[0]}, demo=True)
+                    promoted += 1
+                episode = []
+                live.append(bool(info["success"]))
                 obs = sim.reset()
                 emb, prop = setup.embed(obs["image"]), setup.proprio(obs)
             else:

@@ -210,6 +210,8 @@ class SACConfig:
     target_entropy_scale: float = param(
         0.5, "Target entropy = -this x action dimensions (RLPD: 0.5).", 0.0, 10.0)
     actor_every: int = param(1, "Actor and temperature step every N critic updates (SERL: 2).", 1, 100)
+    n_step: int = param(1, "Rewards summed per critic target (n-step returns, as DrQ-v2's 3); 1 = one-step TD.",
+                        1, 100)
     critic_warmup: int = param(
         0, "The first N updates train the critic's own layers only (fusion trunk and actor frozen), so a "
         "fresh critic learns the starting policy's values before it may move the trunk the actor reads.",

@@ -227,6 +227,7 @@ def test_demo_fresh_start_end_to_end_writes_plots_and_summary(tmp_path, tiny_bun
         assert info["parameters"][node]["files"][-1].endswith("config/demo_fresh.yaml")
     bc = info["offline_check"]["bc"]  # the baseline, on the same held-out episodes as the start
     assert bc["version"] == "0+bc20" and bc["episodes"] == 2 and len(bc["per_episode_success"]) == 2
+    assert len(bc["per_episode_return"]) == 2 and all(r_ < 0 for r_ in bc["per_episode_return"])  # -distance per step
     header = (out / "episodes.csv").read_text().splitlines()[0].split(",")
     assert header[-1] == "learner_updates"
 

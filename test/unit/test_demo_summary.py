@@ -111,3 +111,13 @@ def test_paired_difference_and_its_interval():
     text = "\n".join(offline_lines(oc))
     assert "behaviour cloning on the same demonstrations (v0+bc20) 0.40" in text and "final policy v0+ft3 0.90" in text
     assert "final minus behaviour cloning: +0.50" in text and "better, beyond the interval" in text
+    # both at the ceiling of success: the paired return still says whether the final policy is better
+    start_ret, final_ret = [-3.0 - 0.01 * i for i in range(50)], [-2.5 - 0.01 * i for i in range(50)]
+    ceiling = {"start": {"version": "1", "episodes": 50, "success_final": 1.0, "return": -3.245},
+               "final": {"version": "1+ft9", "success_final": 1.0, "return": -2.745},
+               "final_minus_start": paired_difference([1] * 50, [1] * 50),
+               "final_minus_start_return": paired_difference(final_ret, start_ret)}
+    text = "\n".join(offline_lines(ceiling))
+    assert "final minus the starting policy: +0.00" in text and "NOT clearly better" in text
+    assert "episode return, final minus the starting policy: +0.500" in text and "-3.245 -> -2.745" in text
+    assert "higher, beyond the interval" in text

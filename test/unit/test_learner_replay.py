@@ -165,3 +165,89 @@ def test_the_same_batch_gives_the_same_losses_as_the_float32_layout():
             mb = b.update(ref_batch)
             for k in ("loss_critic", "loss_actor", "demo_bc", "q", "target_q"):
                 assert ma[k] == pytest.approx(mb[k], rel=tol, abs=1e-7 if tol else 0.0), (dtype, k, ma[k], mb[k])
+
+
+def nstep_reference(recs: list[dict], rows, n: int, gamma: float, held) -> dict:
+    """n-step transitions from the flat records, by the definition: from row t sum gamma^k r[t+k]
+    while the episode goes on (row t+k-1 neither terminated nor truncated, and row t+k's
+    observation is row t+k-1's next one) and row t+k is held."""
+    flat = concat(recs)
+    done = flat["terminated"] | flat["truncated"]
+    same = lambda u: all(np.array_equal(flat[f"obs.{f}"][u], flat[f"next.{f}"][u - 1]) for f in FIELDS)  # noqa: E731
+    out = {k: [] for k in (*flat, "discount")}
+    for t in rows:
+        ret, m, last = 0.0, 0, t
+        for k in range(n):
+            u = t + k
+            if k and (done[u - 1] or u not in held or not same(u)):
+                break
+            ret += gamma ** k * float(flat["reward"][u])
+            m, last = m + 1, u
+        for key, v in flat.items():
+            src = last if key.startswith("next.") or key in ("terminated", "truncated") else t
+            out[key].append(v[src])
+        out["reward"][-1] = ret
+        out["discount"].append(gamma ** m)
+    return {k: np.asarray(v, np.float32 if k in ("reward", "discount") else None) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("chained", [True, False])
+def test_n_step_returns_follow_each_episode_and_stop_where_it_ends(chained):
+    """``take(n_step=3)`` against the definition: sums stop at an episode's end (terminated or
+    truncated), bootstrap from the last step summed with discount ** steps, and never run past the
+    newest row into the ring's oldest; unchained rows (a next observation that is not the next
+    row's) are one-step transitions."""
+    rng = np.random.default_rng(5)
+    recs = episodes(rng, [7, 1, 12, 5, 30, 9], chained)
+    recs[2]["terminated"][4] = True  # an episode that ends early, inside a block
+    recs[2]["truncated"][-1] = False  # and one whose end is not flagged: the next row is not linked
+    gamma = 0.9
+    buf = Buffer(SPEC, 48, torch.float32)
+    buf.add(recs[0])
+    for r in recs[1:]:
+        for s in range(0, len(r["reward"]), 4):  # blocks, so the links across add() calls count too
+            buf.add({k: v[s:s + 4] for k, v in r.items()})
+    total = sum(len(r["reward"]) for r in recs)
+    newest = np.arange(total - 48, total)  # the ring holds these; slot = t % 48
+    for n in (1, 3, 5):
+        got = buf.take(torch.from_numpy(newest % 48), False, n_step=n, discount=gamma)
+        want = nstep_reference(recs, newest, n if chained else 1, gamma, set(newest.tolist()))
+        for f in FIELDS:
+            assert torch.equal(got.obs[f], torch.from_numpy(want[f"obs.{f}"])), (n, f)
+            assert torch.equal(got.next_obs[f], torch.from_numpy(want[f"next.{f}"])), (n, f)
+        assert torch.allclose(got.reward, torch.from_numpy(want["reward"]), rtol=1e-6, atol=1e-6), n
+        for k in ("terminated", "truncated"):
+            assert torch.equal(getattr(got, k), torch.from_numpy(want[k].astype(bool))), (n, k)
+        if n == 1:
+            assert got.discount is None
+        else:
+            assert torch.allclose(got.discount, torch.from_numpy(want["discount"])), n
+    if chained:  # the sums do run over several steps (the test is not passing on one-step rows)
+        assert (buf.take(torch.from_numpy(newest % 48), False, 3, gamma).discount < gamma ** 2 + 1e-6).sum() > 20
+
+
+def test_n_step_targets_reach_the_learner():
+    """With n_step 3, SACLearner.sample returns the replay's n-step batch (RLPD's demo share kept),
+    and the update bootstraps with the batch's per-row discount: a batch whose discount is
+    cfg.discount everywhere gives the one-step target exactly, another discount a different one."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(6)
+    rp = Replay(SPEC, 200, holdout_every=0, dtype=torch.float32)
+    for r in episodes(rng, [40, 40]):
+        rp.add(r)
+        rp.add({k: v[:10] for k, v in r.items()}, demo=True)
+    base = _learner(0)
+    base.cfg = SACConfig(batch_size=32, demo_bc_weight=1.0, n_step=3, discount=0.8)
+    b = base.sample(rp)
+    assert len(b.reward) == 32 and int(b.demo.sum()) == 16
+    d = b.discount.numpy()
+    assert (np.abs(d[:, None] - np.array([0.8, 0.64, 0.512])).min(axis=1) < 1e-6).all() and (d < 0.6).sum() > 16
+
+    def target(disc):
+        batch = copy.copy(b)
+        batch.discount = disc
+        torch.manual_seed(3)
+        return copy.deepcopy(base).update(batch)["target_q"]
+
+    assert target(None) == target(torch.full((32,), 0.8))
+    assert target(b.discount) != target(None)

@@ -43,12 +43,15 @@ class Batch:
     truncated: torch.Tensor
     intervention: torch.Tensor
     demo: torch.Tensor
+    #: n-step returns: the bootstrap's discount per row (discount ** steps summed), ``reward`` the
+    #: discounted sum and ``next_obs`` the observation after the last step; None = one step
+    discount: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
         mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return Batch(mv(self.obs), mv(self.next_obs), self.action.to(device), self.reward.to(device),
                      self.terminated.to(device), self.truncated.to(device), self.intervention.to(device),
-                     self.demo.to(device))
+                     self.demo.to(device), None if self.discount is None else self.discount.to(device))
 
 
 class Buffer:
@@ -74,6 +77,9 @@ class Buffer:
         self.rows = torch.zeros((self.capacity, a + 4), dtype=torch.float32)
         self.obs_idx = torch.zeros(self.capacity, dtype=torch.long)
         self.next_idx = torch.zeros(self.capacity, dtype=torch.long)
+        # per transition: the next ring row is the same episode's next step (its observation is this
+        # row's next one, and this row neither terminated nor was truncated): n-step returns follow it
+        self.cont = torch.zeros(self.capacity, dtype=torch.bool)
         self._n = 0  # transitions held
         self._t = 0  # next transition slot
         self._o = 0  # next observation slot
@@ -142,6 +148,13 @@ class Buffer:
             if pro is not None:
                 self.proprio[slots] = pro
         r = torch.as_tensor((self._t + np.arange(n)) % self.capacity)
+        done = (np.asarray(rec["terminated"]).reshape(n) > 0) | (np.asarray(rec["truncated"]).reshape(n) > 0)
+        cont = np.zeros(n, bool)
+        cont[:-1] = linked[1:] & ~done[:-1]
+        self.cont[r] = torch.as_tensor(cont)
+        if self._n and linked[0] and n < self.capacity:  # the previous add's last row goes on into this one
+            prev = (self._t - 1) % self.capacity
+            self.cont[prev] = not bool((self.rows[prev, self.a + 1:self.a + 3] > 0.5).any())
         self.obs_idx[r] = torch.as_tensor(obs_slot)
         self.next_idx[r] = n_new
         cols = [np.asarray(rec["action"], np.float32).reshape(n, self.a)]
@@ -164,14 +177,33 @@ class Buffer:
     def sample_rows(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(0, self._n, (batch,), generator=generator)
 
-    def take(self, rows: torch.Tensor, demo: bool) -> Batch:
+    def take(self, rows: torch.Tensor, demo: bool, n_step: int = 1, discount: float = 1.0) -> Batch:
+        """The transitions at ``rows``; with ``n_step`` > 1 each reward is the discounted sum over
+        up to ``n_step`` steps of the same episode (fewer where it ends, was truncated or its next
+        step is not held), and the next observation, the end flags and ``Batch.discount``
+        (``discount`` ** steps summed) are those of the last step summed."""
         r = self.rows.index_select(0, rows)
         a = self.a
-        return Batch(self._gather(self.obs_idx[rows]), self._gather(self.next_idx[rows]), r[:, :a], r[:, a],
-                     r[:, a + 1] > 0.5, r[:, a + 2] > 0.5, r[:, a + 3] > 0.5, torch.full((len(rows),), demo))
+        reward, last, bootstrap = r[:, a], rows, None
+        if n_step > 1:
+            reward, steps = reward.clone(), torch.ones(len(rows))
+            alive = self.cont[rows]
+            for k in range(1, n_step):
+                nxt = (rows + k) % self.capacity
+                reward += alive * (discount ** k) * self.rows[nxt, a]
+                steps += alive
+                last = torch.where(alive, nxt, last)
+                alive = alive & self.cont[nxt]
+            r_last = self.rows.index_select(0, last)
+            bootstrap = torch.pow(torch.tensor(float(discount)), steps)
+            term, trunc = r_last[:, a + 1] > 0.5, r_last[:, a + 2] > 0.5
+        else:
+            term, trunc = r[:, a + 1] > 0.5, r[:, a + 2] > 0.5
+        return Batch(self._gather(self.obs_idx[rows]), self._gather(self.next_idx[last]), r[:, :a], reward,
+                     term, trunc, r[:, a + 3] > 0.5, torch.full((len(rows),), demo), bootstrap)
 
-    def sample(self, batch: int) -> Batch:
-        return self.take(self.sample_rows(batch), False)
+    def sample(self, batch: int, n_step: int = 1, discount: float = 1.0) -> Batch:
+        return self.take(self.sample_rows(batch), False, n_step, discount)
 
     def observations(self, n: int) -> dict[str, torch.Tensor]:
         """``n`` random held observations (float32)."""
@@ -183,9 +215,10 @@ def cat_batches(parts: list[Batch]) -> Batch:
         return parts[0]
     cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
     keys = parts[0].obs.keys()
+    disc = None if parts[0].discount is None else cat(lambda p: p.discount)
     return Batch({k: cat(lambda p, k=k: p.obs[k]) for k in keys}, {k: cat(lambda p, k=k: p.next_obs[k]) for k in keys},
                  cat(lambda p: p.action), cat(lambda p: p.reward), cat(lambda p: p.terminated),
-                 cat(lambda p: p.truncated), cat(lambda p: p.intervention), cat(lambda p: p.demo))
+                 cat(lambda p: p.truncated), cat(lambda p: p.intervention), cat(lambda p: p.demo), disc)
 
 
 class Replay:
@@ -230,12 +263,14 @@ class Replay:
         if iv.any():
             self.demos.add({k: v[iv] for k, v in rec.items()})
 
-    def sample(self, batch_size: int, demo_ratio: float) -> Batch:
+    def sample(self, batch_size: int, demo_ratio: float, n_step: int = 1, discount: float = 1.0) -> Batch:
+        """``batch_size`` transitions, ``demo_ratio`` of them demonstrations (RLPD); ``n_step`` > 1:
+        n-step returns with ``discount`` (:meth:`Buffer.take`)."""
         n_demo = int(round(batch_size * demo_ratio)) if len(self.demos) else 0
         if len(self.online) == 0:
             n_demo = batch_size
         parts = []
         for buf, n, is_demo in ((self.online, batch_size - n_demo, False), (self.demos, n_demo, True)):
             if n:
-                parts.append(buf.take(buf.sample_rows(n), is_demo))
+                parts.append(buf.take(buf.sample_rows(n), is_demo, n_step, discount))
         return cat_batches(parts)

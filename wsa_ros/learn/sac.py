@@ -18,6 +18,8 @@ The algorithm (SAC v2, Haarnoja et al. 2018, with a shared trunk as in DrQ / SAC
     next_state = target_fusion(next_obs)        Polyak copy of the trunk, no gradient
     a', logp'  ~ pi(next_state)
     y          = r + discount * (1 - terminated) * (min(Q1t, Q2t)(next_state, a') - T * logp')
+                 (n_step > 1: r the discounted sum of up to n rewards of the episode, next_state the
+                 state after the last of them, discount ** n; the replay's ``take`` does the sums)
     critic     = (Q1(state, a) - y)^2 + (Q2(state, a) - y)^2
     actor      = T * logp(a~pi(state)) - min(Q1, Q2)(state, a~pi)   (state detached; only the
                                                                       actor's weights move)
@@ -123,6 +125,12 @@ class SACLearner:
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
         opt.step()
 
+    def sample(self, replay) -> Batch:
+        """A batch by the settings (batch size, RLPD's demo ratio, n-step returns): the one rule the
+        trainer, the benchmarks and the tests sample by."""
+        cfg = self.cfg
+        return replay.sample(cfg.batch_size, cfg.demo_ratio, cfg.n_step, cfg.discount)
+
     # ------------------------------------------------------------------ the update
     def update(self, batch: Batch, metrics: bool = True) -> dict[str, float]:
         """One update on ``batch``; ``metrics=False`` skips reading the losses back (the
@@ -139,7 +147,8 @@ class SACLearner:
             next_state, _ = tgt.features(_embs(nxt), self.proprio(nxt), check=False)
             next_a, next_logp = pol.squash(*pol.actor_from_state(next_state))
             q1_t, q2_t = tgt.critic_from_state(next_state, next_a)
-            y = batch.reward + cfg.discount * (~batch.terminated) * (torch.min(q1_t, q2_t) - temp * next_logp)
+            disc = cfg.discount if batch.discount is None else batch.discount  # n-step: discount ** steps
+            y = batch.reward + disc * (~batch.terminated) * (torch.min(q1_t, q2_t) - temp * next_logp)
         with torch.set_grad_enabled(not warmup):
             state, alpha_w = pol.features(_embs(obs), self.proprio(obs), check=False)
         q1, q2 = pol.critic_from_state(state, action)

@@ -121,7 +121,7 @@ class Trainer:
         return self.learner.updates < self.sac.utd * max(self.received, 1)
 
     def step(self) -> dict:
-        batch = self.replay.sample(self.sac.batch_size, self.sac.demo_ratio)
+        batch = self.learner.sample(self.replay)
         log_now = (self.learner.updates + 1) % self.cfg.log_every_updates == 0
         m = self.learner.update(batch, metrics=log_now or not self.last_metrics)
         if m:

@@ -432,6 +432,12 @@ def offline_lines(oc: dict, bold: bool = False) -> list[str]:
             out.append(f"final minus {label}: {b}{d['mean']:+.2f}{b} (95 % interval {lo:+.2f} to {hi:+.2f}; "
                        f"{d['wins']} episodes won, {d['losses']} lost) -> "
                        + ("better, beyond the interval" if d["above_zero"] else "NOT clearly better"))
+        d = oc.get(f"final_minus_{ref}_return")
+        if d:
+            lo, hi = d["ci95"]
+            out.append(f"episode return, final minus {label}: {d['mean']:+.3f} (95 % interval {lo:+.3f} to "
+                       f"{hi:+.3f}; {oc[ref]['return']:.3f} -> {oc['final']['return']:.3f}) -> "
+                       + ("higher, beyond the interval" if d["above_zero"] else "not clearly higher"))
     return out
 
 
@@ -452,8 +458,10 @@ def offline_eval(bundle_path, episodes: int, seed: int, image_size: int = 84, ma
         ev = evaluate(sim, engine_policy(eng), episodes, seed)
     sm = ev.summary()
     return {"version": eng.version, "episodes": episodes, "seed": seed, "success_final": sm["success_final"],
-            "success_any": sm["success_any"], "final_distance_m": sm["final_distance_m"],
-            "per_episode_success": [int(e.success) for e in ev.episodes]}
+            "success_any": sm["success_any"], "final_distance_m": sm["final_distance_m"], "return": sm["return"],
+            "per_episode_success": [int(e.success) for e in ev.episodes],
+            "per_episode_return": [float(e.ret) for e in ev.episodes],
+            "per_episode_final_distance_m": [float(e.final_distance) for e in ev.episodes]}
 
 
 def paired_difference(a: list, b: list) -> dict:
@@ -474,7 +482,9 @@ def offline_check(start_bundle, bc_bundle, final_bundle, episodes: int, image_si
     given; the start itself where the start is the behaviour-cloned bundle, as in ``--arm``'s
     site workflow) and the final policy on the same ``episodes`` held-out episodes (seed
     10000+), with the per-episode differences final - bc and final - start and their 95 %
-    intervals."""
+    intervals: of success (``final_minus_<ref>``) and of the episode's return
+    (``final_minus_<ref>_return``: what the learner maximises, and what still shows a change where
+    both policies succeed on every episode)."""
     say(f"wsa demo: offline check on {episodes} held-out episodes (seed 10000+) ...", flush=True)
     out: dict = {"start": offline_eval(start_bundle, episodes, 10_000, image_size, steps, arm)}
     if bc_bundle:
@@ -488,6 +498,9 @@ def offline_check(start_bundle, bc_bundle, final_bundle, episodes: int, image_si
             if ref in out:
                 out[f"final_minus_{ref}"] = paired_difference(out["final"]["per_episode_success"],
                                                               out[ref]["per_episode_success"])
+                if "per_episode_return" in out[ref]:
+                    out[f"final_minus_{ref}_return"] = paired_difference(out["final"]["per_episode_return"],
+                                                                         out[ref]["per_episode_return"])
     return out
 
 

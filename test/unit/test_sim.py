@@ -176,3 +176,27 @@ def test_start_poses():
         assert np.all(np.abs(default) <= 0.1 + 1e-9)
         with pytest.raises(ValueError, match="arm start"):
             sim.reset(arm="sideways")
+
+
+def test_another_sim_opened_and_closed_in_the_same_process_leaves_the_frames_unchanged():
+    """A held-out evaluation beside training opens a second sim and closes it. gymnasium made its
+    GL context current only at creation, so after the second sim closed every frame of the first
+    was black (bench_recipe trained on black online frames after its first evaluation)."""
+    acts = np.random.default_rng(1).uniform(-3, 3, (6, 2))
+
+    def frames(interleave: bool):
+        out = []
+        with ReacherSim(seed=3, image_size=48, max_steps=50) as sim:
+            sim.reset()
+            for i, a in enumerate(acts):
+                if interleave and i in (1, 3):
+                    with ReacherSim(seed=9, image_size=48, max_steps=50) as other:
+                        other.reset()
+                        other.step(acts[0])
+                out.append(sim.step(a)[0]["image"].copy())
+        return out
+
+    alone, beside = frames(False), frames(True)
+    assert all(f.mean() > 50 for f in beside)  # not black
+    for x, y in zip(alone, beside):
+        assert np.array_equal(x, y)

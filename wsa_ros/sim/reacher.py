@@ -101,14 +101,11 @@ class ReacherSim:
         self.action_low = np.asarray(ACTION_LOW, dtype=np.float64)
         self.action_high = np.asarray(ACTION_HIGH, dtype=np.float64)
         cam = dict(trackbodyid=-1, distance=float(camera_distance), lookat=np.zeros(3), elevation=-90.0, azimuth=90.0)
-        self._env = gym.make(
-            "Reacher-v5",
-            render_mode="rgb_array" if render else None,
-            width=w,
-            height=h,
-            default_camera_config=cam,
-            max_episode_steps=None,
-        )
+        # rendered by mujoco.Renderer, not gymnasium's renderer: the frames are bit for bit the same,
+        # but gymnasium makes its GL context current only when it is created, so after another sim
+        # in this process closed (a held-out evaluation beside training) every frame was black
+        # (test_sim). The camera is the one gymnasium's default_camera_config gave.
+        self._env = gym.make("Reacher-v5", render_mode=None, max_episode_steps=None)
         self._u = self._env.unwrapped
         m = self._u.model
         m.vis.quality.shadowsize = 0
@@ -129,6 +126,14 @@ class ReacherSim:
         m.geom_size[g][:2] = (float(target_marker_radius), _MARKER_HALF_HEIGHT)
         m.geom_rbound[g] = float(np.hypot(target_marker_radius, _MARKER_HALF_HEIGHT))
         m.geom_pos[g][2] = _MARKER_HALF_HEIGHT - float(self._u.model.body_pos[m.geom_bodyid[g]][2])
+        self._renderer = self._cam = None
+        if render:  # after the quality settings above: the GL context is made with them
+            self._renderer = mujoco.Renderer(m, h, w)
+            self._cam = mujoco.MjvCamera()
+            self._cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+            self._cam.fixedcamid = self._cam.trackbodyid = -1
+            self._cam.distance, self._cam.elevation, self._cam.azimuth = cam["distance"], cam["elevation"], cam["azimuth"]
+            self._cam.lookat[:] = cam["lookat"]
         self._steps = 0
         self._needs_seed = True
         self._closed = False
@@ -168,7 +173,8 @@ class ReacherSim:
         """The current camera frame, uint8 HxWx3 RGB (a copy)."""
         if not self.render_images:
             raise RuntimeError("ReacherSim was created with render=False")
-        return np.ascontiguousarray(self._env.render()).copy()
+        self._renderer.update_scene(self._u.data, camera=self._cam)
+        return np.ascontiguousarray(self._renderer.render()).copy()
 
     def _obs(self) -> dict:
         obs = {
@@ -245,6 +251,8 @@ class ReacherSim:
 
     def close(self) -> None:
         if not self._closed:
+            if self._renderer is not None:
+                self._renderer.close()
             self._env.close()
             self._closed = True
 

@@ -425,19 +425,22 @@ def offline_lines(oc: dict, bold: bool = False) -> list[str]:
         parts.append(oc.get("final_note") or "no new policy was pushed during the run")
     out = [f"offline check, success on the same {st['episodes']} held-out episodes (synchronous, no load): "
            + "; ".join(parts)]
+
+    def line(head: str, d: dict, fmt: str, tail: str, verdicts: tuple[str, str], bold: str = "") -> str:
+        lo, hi = d["ci95"]
+        return (f"{head}: {bold}{d['mean']:{fmt}}{bold} (95 % interval {lo:{fmt}} to {hi:{fmt}}; {tail}) -> "
+                + verdicts[0 if d["above_zero"] else 1])
+
     for ref, label in (("bc", "behaviour cloning"), ("start", "the starting policy")):
         d = oc.get(f"final_minus_{ref}")
         if d:
-            lo, hi = d["ci95"]
-            out.append(f"final minus {label}: {b}{d['mean']:+.2f}{b} (95 % interval {lo:+.2f} to {hi:+.2f}; "
-                       f"{d['wins']} episodes won, {d['losses']} lost) -> "
-                       + ("better, beyond the interval" if d["above_zero"] else "NOT clearly better"))
+            out.append(line(f"final minus {label}", d, "+.2f", f"{d['wins']} episodes won, {d['losses']} lost",
+                            ("better, beyond the interval", "NOT clearly better"), b))
         d = oc.get(f"final_minus_{ref}_return")
         if d:
-            lo, hi = d["ci95"]
-            out.append(f"episode return, final minus {label}: {d['mean']:+.3f} (95 % interval {lo:+.3f} to "
-                       f"{hi:+.3f}; {oc[ref]['return']:.3f} -> {oc['final']['return']:.3f}) -> "
-                       + ("higher, beyond the interval" if d["above_zero"] else "not clearly higher"))
+            out.append(line(f"episode return, final minus {label}", d, "+.3f",
+                            f"{oc[ref]['return']:.3f} -> {oc['final']['return']:.3f}",
+                            ("higher, beyond the interval", "not clearly higher")))
     return out
 
 

@@ -354,14 +354,16 @@ def test_finetune_node_end_to_end_with_kill_9(tiny_bundle, tmp_path):
         def stored(st):
             return st["store"]["stored"] + st["store"]["pending"]
 
-        # the restarted learner takes new transitions (the checks below need a run of them)
-        n0 = stored(st2)
+        # the restarted learner takes new transitions from this agent (the checks below need a run of
+        # them; robot /r2's alone would not do: a clean-clone run once stored only /r2's)
+        n0, mine0 = stored(st2), st2["robots"]["/"]["accepted"]
         try:
-            wait_for(lambda: (lambda s: s is not None and stored(s) >= n0 + 15)(status()), 30,
-                     "new transitions after the restart")
+            wait_for(lambda: (lambda s: s is not None and stored(s) >= n0 + 15
+                              and s["robots"]["/"]["accepted"] >= mine0 + 15)(status()), 30,
+                     "new transitions of this agent after the restart")
         except TimeoutError as exc:
             s = status()
-            keep = ("records", "accepted", "rejected", "superseded", "pairing", "counts", "store", "inbox")
+            keep = ("records", "accepted", "rejected", "superseded", "pairing", "counts", "store", "inbox", "robots")
             raise AssertionError(f"{exc}: from {n0}; last status {time.time() - s['time']:.1f} s old: "
                                  f"{json.dumps({k: s[k] for k in keep})}\n"
                                  f"learner run2:\n{learner2.output()}") from None
